@@ -1,0 +1,264 @@
+"""The `cdae` command line: one command per pipeline stage, kept thin.
+
+Each command reads params.yaml (``--params``, ``--profile``), applies its CLI overrides, and
+calls ``stages.<stage>.run``. Heavy imports happen inside commands so ``cdae --help`` is instant.
+User errors print one line (``error: ...``) and exit non-zero; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+
+from cdae import __version__
+from cdae.config import Abduction, Device, ParentsFrom
+from cdae.errors import CdaeError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  help="Causal Diffusion Autoencoders: train on a causal graph, then ask "
+                       "counterfactual questions such as `cdae intervene --var thickness "
+                       "--value 2.0`. Settings come from params.yaml; `dvc repro` runs the "
+                       "whole pipeline.")
+
+_state = {"debug": False}
+
+ParamsOpt = typer.Option(Path("params.yaml"), "--params", help="params file to read")
+ProfileOpt = typer.Option(None, "--profile", help="profile from params.yaml's `profiles` "
+                          "(overrides `profile:`)")
+JsonOpt = typer.Option(False, "--json", help="print the result as JSON on stdout")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"cdae {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
+          version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="print the version and exit")) -> None:
+    _state["debug"] = debug
+    os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+    from cdae.progress import setup_logging
+
+    setup_logging()
+
+
+def _run(fn: Callable[[], Any]) -> Any:
+    """Run a stage; turn user errors into one line on stderr and a non-zero exit."""
+    try:
+        return fn()
+    except CdaeError as err:
+        if _state["debug"]:
+            raise
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(err.exit_code) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(130) from None
+
+
+def _params(path: Path, profile: Optional[str]):
+    from cdae import config
+
+    return config.load(path, profile)
+
+
+def _emit(result: Any, as_json: bool, text: Callable[[Any], str]) -> None:
+    if as_json:
+        typer.echo(json.dumps(result, indent=2, default=_jsonable))
+    else:
+        typer.echo(text(result))
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, Enum):
+        return obj.value
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return str(obj)
+
+
+@app.command("prepare-data")
+def prepare_data(params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt,
+                 as_json: bool = JsonOpt) -> None:
+    """Build the labelled dataset file (HDF5) from the data source and SCM in params.
+
+    Example: cdae prepare-data   (default: 5,000 real MNIST digits through the DeepSCM
+    thickness -> intensity model)
+    """
+    def go():
+        from stages import prepare_data as stage
+
+        return stage.run(_params(params, profile))
+
+    _emit(_run(go), as_json, lambda r: f"wrote {r['path']}: {r['train']} train / {r['test']} "
+          f"test images {r['image_shape']} ({r['seconds']:.1f} s)")
+
+
+@app.command()
+def train(params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt,
+          steps: Optional[int] = typer.Option(None, help="override train.steps"),
+          device: Optional[Device] = typer.Option(None, help="auto, cpu or cuda"),
+          resume: bool = typer.Option(True, help="continue from models/checkpoint.pt when it "
+                                      "matches the settings"),
+          as_json: bool = JsonOpt) -> None:
+    """Train the Causal Diffusion Autoencoder; checkpoint, resume, stop cleanly on SIGTERM.
+
+    Example: cdae train --steps 500 --device cpu
+    """
+    def go():
+        from dataclasses import replace
+
+        from cdae import config
+        from stages import train as stage
+
+        p = _params(params, profile)
+        p = replace(p, train=config.override(p.train, "train", steps=steps, device=device))
+        return stage.run(p, resume=resume)
+
+    _emit(_run(go), as_json, lambda r: f"trained {r['steps']} steps in {r['seconds']} s "
+          f"({r['images_per_second']} images/s), final loss {r['final_loss']:.4f}")
+
+
+@app.command("encode-latents")
+def encode_latents(params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt,
+                   split: Optional[str] = typer.Option(None, help="train or test"),
+                   steps: Optional[int] = typer.Option(None, help="DDIM inversion steps"),
+                   out: Optional[Path] = typer.Option(None, help="output HDF5 file"),
+                   as_json: bool = JsonOpt) -> None:
+    """Cache u, z and the DDIM-inverted x_T of a split in HDF5 (reused by intervene).
+
+    Example: cdae encode-latents --split test --steps 50
+    """
+    def go():
+        from stages import encode_latents as stage
+
+        return stage.run(_params(params, profile), split=split, steps=steps,
+                         out=str(out) if out else None)
+
+    _emit(_run(go), as_json, lambda r: f"wrote {r['path']}: {r['images']} images")
+
+
+def _format_intervention(r: dict[str, Any]) -> str:
+    lines = [f"wrote {r['path']}: {r['images']} counterfactuals of do("
+             + ", ".join(f"{k}={v:g}" for k, v in r["do"].items()) + ")",
+             f"  abduction {r['abduction']} (parents from {r['parents_from']}), "
+             f"{r['steps']} DDIM steps, guidance {r['guidance']:g}",
+             "  parent values, mean over images (factual -> counterfactual):"]
+    for name, p in r["parents"].items():
+        tag = "set by do" if p["intervened"] else "propagated by the learned mechanism" \
+            if abs(p["counterfactual_mean"] - p["factual_mean"]) > 1e-6 else "unchanged"
+        unit = f" {p['unit']}" if p["unit"] else ""
+        lines.append(f"    {name:<12} {p['factual_mean']:9.3f} -> {p['counterfactual_mean']:9.3f}"
+                     f"{unit}  ({tag})")
+    for w in r.get("warnings", []):
+        lines.append(f"  warning: {w}")
+    return "\n".join(lines)
+
+
+@app.command()
+def intervene(params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt,
+              var: Optional[str] = typer.Option(None, "--var", help="variable to intervene on"),
+              value: Optional[str] = typer.Option(None, "--value", help="its new raw value"),
+              do: list[str] = typer.Option([], "--do", help="VAR=VALUE, repeatable"),
+              name: Optional[str] = typer.Option(None, "--name", help="an intervention listed "
+                                                 "in params intervene.interventions, or the "
+                                                 "output name for --var/--do"),
+              guidance: Optional[float] = typer.Option(None, help="guidance scale s >= 0"),
+              steps: Optional[int] = typer.Option(None, help="DDIM steps"),
+              abduction: Optional[Abduction] = typer.Option(None, help="invert, partial or noise"),
+              parents_from: Optional[ParentsFrom] = typer.Option(None, help="labels or image"),
+              max_images: Optional[int] = typer.Option(None, help="images of the split, 0 = all"),
+              out: Optional[Path] = typer.Option(None, help="output HDF5 file"),
+              strict: bool = typer.Option(False, help="refuse values outside the training "
+                                          "support instead of warning"),
+              as_json: bool = JsonOpt) -> None:
+    """Counterfactuals of the test images under do(var=value): abduct, act, predict.
+
+    Examples: cdae intervene --var thickness --value 2.0 ;
+    cdae intervene --do thickness=3.5 --do intensity=150 --guidance 1 ;
+    cdae intervene --name thickness_2  (as listed in params.yaml)
+    """
+    def go():
+        from cdae.errors import InterventionError
+        from stages import intervene as stage
+
+        p = _params(params, profile)
+        items = list(do)
+        if (var is None) != (value is None):
+            raise InterventionError("--var and --value go together",
+                                    hint="e.g. --var thickness --value 2.0")
+        if var is not None:
+            items.insert(0, f"{var}={value}")
+        run_name = name
+        if not items:
+            if name is None:
+                raise InterventionError("no intervention given", hint="use --var/--value, --do "
+                                        "VAR=VALUE or --name NAME from params.yaml")
+            listed = p.intervene.interventions
+            if name not in listed:
+                raise InterventionError(f"--name '{name}' is not in intervene.interventions",
+                                        hint=f"listed: {', '.join(listed) or '(none)'}")
+            items = [f"{k}={v}" for k, v in listed[name].items()]
+        from cdae.counterfactual import parse_do
+
+        parsed = parse_do(items, p.graph)
+        return stage.run(p, parsed, name=run_name, out=str(out) if out else None, strict=strict,
+                         guidance=guidance, steps=steps, abduction=abduction,
+                         parents_from=parents_from, max_images=max_images)
+
+    _emit(_run(go), as_json, _format_intervention)
+
+
+@app.command()
+def render(params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt,
+           rows: Optional[int] = typer.Option(None, help="images (rows) per grid"),
+           as_json: bool = JsonOpt) -> None:
+    """PNG grids: each row a factual image and its counterfactuals, annotated with parents.
+
+    Example: cdae render --rows 8
+    """
+    def go():
+        from stages import render as stage
+
+        return stage.run(_params(params, profile), rows=rows)
+
+    _emit(_run(go), as_json, lambda r: "\n".join(f"wrote {f}" for f in r["figures"]))
+
+
+@app.command()
+def evaluate(params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt,
+             as_json: bool = JsonOpt) -> None:
+    """Score counterfactuals (measured morphometrics, ground truth, composition) -> metrics.json.
+
+    Example: cdae evaluate && dvc metrics show
+    """
+    def go():
+        from stages import evaluate as stage
+
+        return stage.run(_params(params, profile))
+
+    def text(r: dict[str, Any]) -> str:
+        from stages.evaluate import format_metrics
+
+        return format_metrics(r)
+
+    _emit(_run(go), as_json, text)
+
+
+def main() -> None:
+    """Console-script entry point (also `python -m cdae`)."""
+    try:
+        app()
+    except SystemExit:
+        raise
+    finally:
+        sys.stdout.flush()

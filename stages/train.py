@@ -1,0 +1,40 @@
+"""Stage `train`: dataset file -> models/model.pt (+ models/train_log.csv, models/train.json)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from cdae import config as cfg
+from cdae.atomic import ensure_writable_dir, write_text
+
+
+def run(params: cfg.Params, *, resume: bool = True) -> dict[str, float]:
+    from cdae.dataset import read_dataset
+    from cdae.training import train
+
+    ds = read_dataset(params.paths.dataset)
+    if ds.graph.to_dict() != params.graph.to_dict():
+        from cdae.errors import DataError
+
+        raise DataError(f"{params.paths.dataset}: its graph differs from params.yaml's graph",
+                        hint="re-run `cdae prepare-data` after changing graph")
+    out = ensure_writable_dir(Path(params.paths.model_dir))
+    result = train(params, ds, out, resume=resume)
+    rows = result.log_rows
+    if rows:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (int(v) if k == "step" else round(v, 6)) for k, v in r.items()})
+        write_text(out / "train_log.csv", buf.getvalue())
+    summary = {"steps": result.step, "seconds": round(result.seconds, 1),
+               "images_per_second": round(result.images_per_second, 1),
+               "stopped_by_signal": result.stopped_by_signal,
+               "final_loss": rows[-1]["loss"] if rows else float("nan")}
+    if not result.stopped_by_signal:
+        write_text(out / "train.json", json.dumps(summary, indent=2) + "\n")
+    return summary
