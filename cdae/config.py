@@ -153,6 +153,7 @@ class TrainParams:
     beta_warmup_steps: int = field(default=500, metadata=NON_NEGATIVE)
     kl_weight: float = field(default=1.0, metadata=NON_NEGATIVE)  # per-dim KL scale
     mechanism_weight: float = field(default=1.0, metadata=NON_NEGATIVE)
+    mechanism_lr: float = field(default=5e-3, metadata=POSITIVE)  # mechanisms fit labels fast
     p_uncond: float = field(default=0.1, metadata=FRACTION)
     posterior_var_scale: float = field(default=0.001, metadata=NON_NEGATIVE)
     grad_clip: float = field(default=1.0, metadata=NON_NEGATIVE)

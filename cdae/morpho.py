@@ -50,6 +50,12 @@ MEASURE_SCALE = 4
 SET_THICKNESS_SCALE = 8
 """Upsampling factor :func:`set_thickness` works at (chosen by measurement, see its docstring)."""
 
+SET_THICKNESS_MAX_EVALS = 3
+"""Most radius trials (render + re-measure) :func:`set_thickness` makes."""
+
+SET_THICKNESS_TOL = 0.02
+""":func:`set_thickness` stops as soon as the measured thickness is this close to the target (px)."""
+
 THRESHOLD = 0.5
 """Relative binarisation threshold: a pixel is foreground when ``>= min + THRESHOLD * (max - min)``."""
 
@@ -209,7 +215,7 @@ def measure(images: np.ndarray, scale: int = MEASURE_SCALE) -> tuple[np.ndarray,
 # --------------------------------------------------------------------------------------------
 
 
-def _morph(fg_edt: np.ndarray, bg_edt: np.ndarray, rho: float) -> np.ndarray:
+def _morph_unused(fg_edt: np.ndarray, bg_edt: np.ndarray, rho: float) -> np.ndarray:
     """Binary dilation (rho >= 0) or erosion (rho < 0) by a closed Euclidean disk of radius |rho|.
 
     ``bg_edt`` is the distance of every pixel to the nearest foreground pixel (0 on it), so the
@@ -230,37 +236,12 @@ def set_thickness(
     image: np.ndarray,
     target_px: float,
     scale: int = SET_THICKNESS_SCALE,
-    refine: int = 1,
+    max_evals: int = SET_THICKNESS_MAX_EVALS,
+    tol: float = SET_THICKNESS_TOL,
 ) -> np.ndarray:
     """Dilate or erode the digit so its measured thickness becomes ``target_px``; float 0..255.
 
-    Method: upsample by ``scale`` and binarise (as in the measurement); measure the current
-    thickness ``t0`` with the scale-4 rule; grow (``delta = target - t0 >= 0``) or shrink the
-    high-resolution mask by a Euclidean disk of radius ``r = scale * |delta| / 2`` -- a
-    threshold of the distance transform, exact for any real ``r`` -- and reduce back to the
-    original size (``pyramid_reduce``, cubic). Then ``refine`` secant steps: the result is
-    re-measured and the signed radius corrected from the original mask (no accumulated blur);
-    the candidate closest to the target is returned. Erosion is capped so the stroke never
-    vanishes (a blank image comes back unchanged).
-
-    Choice of scale (benchmarks/bench_morpho.py and the first 300 pairs of
-    ``t10k-set-thickness-reference.csv``; thickness measured at scale 4 on the uint8 result;
-    1 CPU core):
-
-        ======  ======  ===========  ================================
-        scale   refine  MAE (px)     time per image
-        ======  ======  ===========  ================================
-        ref 16  (disk)  0.181        ~0.17 s (reference, DATA.md)
-        4       0       0.155        4.0 ms
-        8       0       0.148        6.6 ms
-        16      0       0.149        18 ms
-        4       1       0.047        8.7 ms
-        8       1       0.044        12 ms
-        16      1       0.045        31 ms
-        ======  ======  ===========  ================================
-
-    Scale 8 with one refinement step is used: ~4x lower error than the reference at ~14x its
-    speed; scale 16 is 2.5x slower for no gain, scale 4 is marginally worse.
+    DOCSTRING_TABLE
     """
     img = _as_image(image)
     scale = int(scale)
@@ -271,41 +252,51 @@ def set_thickness(
     if not np.isfinite(t0):
         return img.copy()
 
-    fg_edt = ndi.distance_transform_edt(binary)
-    bg_edt = ndi.distance_transform_edt(~binary)
-    # never erode the stroke away: keep at least its innermost pixels
-    rho_min = -(float(fg_edt.max()) - 0.5)
+    edt: dict[bool, np.ndarray] = {}
 
     def render(rho: float) -> np.ndarray:
-        return _downsample(_morph(fg_edt, bg_edt, rho), scale)
+        if rho >= 0:
+            if False not in edt:
+                edt[False] = ndi.distance_transform_edt(~binary)
+            mask = edt[False] <= rho
+        else:
+            mask = fg_edt > -rho
+        return _downsample(mask, scale)
 
+    fg_edt = ndi.distance_transform_edt(binary)
+    # never erode the stroke away: keep at least its innermost pixels
+    rho_min = -(float(fg_edt.max()) - 0.5)
+    nominal = 2.0 / scale  # d(thickness)/d(radius) of a straight stroke, px per high-res px
     target = float(target_px)
+
     rho = max(scale * (target - t0) / 2.0, rho_min)
-    out = render(rho)
-    best = out
-    if refine <= 0:
-        return best
-    t = measure_thickness(out)
-    best_err = abs(t - target) if np.isfinite(t) else np.inf
-    rho_prev, t_prev = 0.0, t0
-    for _ in range(int(refine)):
-        if not np.isfinite(t) or best_err < 1e-3:
-            break
-        slope = (t - t_prev) / (rho - rho_prev) if rho != rho_prev else 0.0
-        nominal = 2.0 / scale
-        # trust the secant slope only when it is sane (positive, within 4x of nominal)
-        if not (nominal / 4.0 <= slope <= nominal * 4.0):
-            slope = nominal
-        rho_new = max(rho + (target - t) / slope, rho_min)
-        if rho_new == rho:
-            break
-        rho_prev, t_prev = rho, t
-        rho = rho_new
+    best, best_err = None, np.inf
+    lo = hi = None  # (rho, t) brackets with t < target and t > target
+    prev = None
+    for _ in range(max(1, int(max_evals))):
         out = render(rho)
         t = measure_thickness(out)
         err = abs(t - target) if np.isfinite(t) else np.inf
-        if err < best_err:
+        if best is None or err < best_err:
             best, best_err = out, err
+        if not np.isfinite(t) or err <= tol:
+            break
+        if t < target and (lo is None or rho > lo[0]):
+            lo = (rho, t)
+        if t > target and (hi is None or rho < hi[0]):
+            hi = (rho, t)
+        slope = nominal
+        if prev is not None and rho != prev[0]:
+            secant = (t - prev[1]) / (rho - prev[0])
+            if nominal / 4.0 <= secant <= nominal * 4.0:
+                slope = secant
+        new_rho = max(rho + (target - t) / slope, rho_min)
+        if lo is not None and hi is not None and not (lo[0] < new_rho < hi[0]):
+            new_rho = 0.5 * (lo[0] + hi[0])
+        if abs(new_rho - rho) < 1e-6:
+            break
+        prev = (rho, t)
+        rho = new_rho
     return best
 
 

@@ -222,7 +222,12 @@ def train(params: cfg.Params, dataset: Dataset, out_dir: Path, *,
     model.to(device)
     if device.type == "cuda":
         model.unet.to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=tp.lr, weight_decay=tp.weight_decay)
+    mech_params = [*model.causal.mechanisms.parameters(), *model.causal.monotone.parameters()]
+    mech_ids = {id(q) for q in mech_params}
+    other = [q for q in model.parameters() if id(q) not in mech_ids]
+    opt = torch.optim.AdamW([{"params": other, "lr": tp.lr},
+                             {"params": mech_params, "lr": tp.mechanism_lr}],
+                            lr=tp.lr, weight_decay=tp.weight_decay)
     ema = EMA(model, tp.ema_decay)
     diffusion = make_diffusion(params).to(device)
     params_dict = cfg.to_dict(params)

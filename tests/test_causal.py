@@ -1,0 +1,103 @@
+"""Causal layer: exact abduction, propagation only to descendants, a mechanism that learns."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cdae.causal import CausalLayer, MonotoneMap
+from cdae.graph import CausalGraph
+
+CHAIN = CausalGraph.from_dict({
+    "variables": [{"name": "a"}, {"name": "b"}, {"name": "c"}, {"name": "d"},
+                  {"name": "k", "type": "categorical", "classes": 3}],
+    "edges": [["a", "b"], ["b", "c"], ["d", "c"]]})
+
+
+@pytest.fixture()
+def layer() -> CausalLayer:
+    torch.manual_seed(0)
+    return CausalLayer(CHAIN, latent_dim=4, hidden=8)
+
+
+def test_causal_layer_is_recursive_and_abduction_exact(layer) -> None:
+    u = torch.randn(5, 5, 4)
+    z = layer.causal_layer(u)
+    # depth-2 variable c depends on a through b's ENDOGENOUS value
+    u2 = u.clone()
+    u2[:, 0] += 1.0
+    z2 = layer.causal_layer(u2)
+    assert not torch.allclose(z2[:, 2], z[:, 2])
+    torch.testing.assert_close(layer.abduct_noise(z), u, atol=1e-5, rtol=1e-5)
+
+
+def test_intervention_changes_only_descendants(layer) -> None:
+    u = torch.randn(6, 5, 4)
+    z = layer.causal_layer(u)
+    z_cf = layer.intervene(z, u, {1: torch.full((6, 4), 2.0)})  # do(b)
+    assert torch.equal(z_cf[:, 0], z[:, 0])  # parent a untouched
+    assert torch.equal(z_cf[:, 3], z[:, 3])  # unrelated root d untouched
+    assert torch.equal(z_cf[:, 4], z[:, 4])  # categorical root untouched
+    assert torch.equal(z_cf[:, 1], torch.full((6, 4), 2.0))
+    assert not torch.allclose(z_cf[:, 2], z[:, 2])  # child c recomputed
+    # c is recomputed with the same abducted noise
+    u_cf = layer.abduct_noise(z_cf)
+    torch.testing.assert_close(u_cf[:, 2], u[:, 2], atol=1e-5, rtol=1e-5)
+    # a null intervention is the identity
+    assert torch.equal(layer.intervene(z, u, {}), z)
+
+
+def test_monotone_map_inverse_and_derivative() -> None:
+    torch.manual_seed(1)
+    g = MonotoneMap(knots=6)
+    with torch.no_grad():
+        g.raw_w.normal_()
+        g.raw_h.normal_()
+    x = torch.linspace(-4, 4, 101)
+    y = g(x)
+    assert (y[1:] > y[:-1]).all()
+    torch.testing.assert_close(g.inverse(y), x, atol=1e-4, rtol=0)
+    xr = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(g(xr).sum(), xr)
+    torch.testing.assert_close(g.log_derivative(x), grad.log(), atol=1e-4, rtol=1e-4)
+
+
+def test_mechanism_learns_deepscm_counterfactual_intensity() -> None:
+    """Fitted on labels alone, the monotone prior + additive mechanism must beat the best
+    ADDITIVE-noise mechanism's floor (4.7) on the true counterfactual intensity under do(t)."""
+    torch.manual_seed(0)
+    g = CausalGraph.from_dict({"variables": [{"name": "thickness"}, {"name": "intensity"}],
+                               "edges": [["thickness", "intensity"]]})
+    rng = np.random.default_rng(0)
+    n = 3000
+    sig = lambda a: 1 / (1 + np.exp(-a))  # noqa: E731
+    t = 0.5 + rng.gamma(10, 1 / 5, n)
+    e = rng.normal(size=n)
+    i = 64 + 191 * sig(2 * (t - 2.5) + 0.5 * e)
+    y = np.stack([t, i], 1)
+    mean, std = y.mean(0), y.std(0)
+    yn = torch.tensor((y - mean) / std, dtype=torch.float32)
+    mask = torch.ones(n, 2, dtype=torch.bool)
+    layer = CausalLayer(g, latent_dim=4, hidden=32)
+    opt = torch.optim.Adam(layer.parameters(), 1e-2)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(1500):
+        idx = torch.randint(0, n, (256,), generator=gen)
+        loss = layer.mechanism_nll(yn[idx], mask[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    m = 400
+    t_star = rng.choice(t, m)
+    i_true = 64 + 191 * sig(2 * (t_star - 2.5) + 0.5 * e[:m])
+    with torch.no_grad():
+        z = layer.prior_mean(yn[:m])
+        u = layer.abduct_noise(z)
+        block = layer.prior_mean(torch.tensor((np.stack([t_star, i[:m]], 1) - mean) / std,
+                                              dtype=torch.float32))[:, 0]
+        z_cf = layer.intervene(z, u, {0: block})
+        i_model = layer.read_labels(z_cf)[:, 1].numpy() * std[1] + mean[1]
+    err = np.abs(i_model - i_true).mean()
+    assert err < 3.0, err
+    assert np.abs(i[:m] - i_true).mean() > 30  # do-nothing is far worse

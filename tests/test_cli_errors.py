@@ -1,0 +1,91 @@
+"""User errors: one line naming the problem and the fix, non-zero exit, no traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from cdae.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture()
+def params_file(tmp_path: Path) -> Path:
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["paths"] = {k: str(tmp_path / Path(v).name) for k, v in raw["paths"].items()}
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    return p
+
+
+def run(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+def assert_one_line_error(result, *fragments: str) -> None:
+    assert result.exit_code != 0, result.output
+    text = result.stderr.strip() if result.stderr else result.output.strip()
+    assert "Traceback" not in result.output
+    lines = text.splitlines()
+    assert len(lines) == 1, text
+    assert lines[0].startswith("error: ")
+    for frag in fragments:
+        assert frag in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--var", "colour", "--value", "2"], ["unknown variable 'colour'", "thickness, intensity"]),
+    (["--var", "thickness", "--value", "thick"], ["'thick' for 'thickness' is not a number"]),
+    (["--var", "thickness"], ["--var and --value go together"]),
+    (["--do", "thickness"], ["--do 'thickness' is malformed", "VAR=VALUE"]),
+    (["--do", "thickness=2", "--do", "thickness=3"], ["'thickness' is intervened on twice"]),
+    (["--do", "digit=11"], ["not one of its classes", "0..9"]),
+    (["--do", "thickness=nan"], ["not finite"]),
+    (["--name", "nope"], ["--name 'nope' is not in intervene.interventions"]),
+    ([], ["no intervention given"]),
+])
+def test_intervene_bad_input(params_file: Path, args, fragments) -> None:
+    assert_one_line_error(run("intervene", "--params", str(params_file), *args), *fragments)
+
+
+def test_missing_files_name_the_fix(params_file: Path) -> None:
+    r = run("intervene", "--params", str(params_file), "--var", "thickness", "--value", "2")
+    assert_one_line_error(r, "checkpoint not found", "cdae train")
+    r = run("train", "--params", str(params_file))
+    assert_one_line_error(r, "dataset file not found", "cdae prepare-data")
+    r = run("train", "--params", str(params_file.parent / "nope.yaml"))
+    assert_one_line_error(r, "params file not found")
+
+
+def test_bad_params_name_the_key(params_file: Path) -> None:
+    raw = yaml.safe_load(params_file.read_text())
+    raw["graph"]["edges"].append(["intensity", "thickness"])
+    params_file.write_text(yaml.safe_dump(raw))
+    assert_one_line_error(run("prepare-data", "--params", str(params_file)), "graph.edges",
+                          "cycle")
+    raw["graph"]["edges"].pop()
+    raw["train"]["batch_size"] = -3
+    params_file.write_text(yaml.safe_dump(raw))
+    assert_one_line_error(run("train", "--params", str(params_file)),
+                          "train.batch_size: -3 must be > 0")
+
+
+def test_debug_shows_traceback(params_file: Path) -> None:
+    r = run("--debug", "intervene", "--params", str(params_file), "--var", "x", "--value", "1")
+    assert r.exit_code != 0 and r.exception is not None
+
+
+def test_help_is_cheap_and_version() -> None:
+    code = "import sys, cdae.cli; assert 'torch' not in sys.modules and 'h5py' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    r = run("--version")
+    assert r.exit_code == 0 and r.output.startswith("cdae ")
+    for cmd in ("prepare-data", "train", "encode-latents", "intervene", "render", "evaluate"):
+        r = run(cmd, "--help")
+        assert r.exit_code == 0 and "Example" in r.output, cmd

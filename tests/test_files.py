@@ -1,0 +1,108 @@
+"""Checkpoints and dataset files: refusals of unsafe, corrupt, truncated and newer files."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from cdae.atomic import atomic_path
+from cdae.checkpoint import load_checkpoint, save_checkpoint
+from cdae.dataset import Dataset, normalisation_stats, read_dataset, write_dataset
+from cdae.errors import DataError
+from cdae.graph import CausalGraph
+
+GRAPH = CausalGraph.from_dict({"variables": [{"name": "t"}, {"name": "i"},
+                                             {"name": "d", "type": "categorical",
+                                              "classes": 10}],
+                               "edges": [["t", "i"]]})
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def small_dataset(n: int = 12) -> Dataset:
+    rng = np.random.default_rng(0)
+    labels = np.stack([rng.random(n) + 1, rng.random(n) * 100, rng.integers(0, 10, n)], 1)
+    split = (np.arange(n) % 3 == 0).astype(np.uint8)
+    mean, std = normalisation_stats(labels, split, GRAPH)
+    return Dataset(images=rng.integers(0, 255, (n, 1, 8, 8), dtype=np.uint8), labels=labels,
+                   label_mask=np.ones((n, 3), bool), split=split, graph=GRAPH, label_mean=mean,
+                   label_std=std, noise=rng.normal(size=(n, 2)), noise_names=("a", "b"),
+                   base_index=np.arange(n), base_images=np.zeros((n, 1, 8, 8), np.uint8))
+
+
+def test_dataset_round_trip(tmp_path: Path) -> None:
+    ds = small_dataset()
+    write_dataset(tmp_path / "d.h5", ds)
+    back = read_dataset(tmp_path / "d.h5")
+    np.testing.assert_array_equal(back.images, ds.images)
+    np.testing.assert_allclose(back.labels, ds.labels, rtol=1e-6)
+    assert back.graph == GRAPH
+    assert list(tmp_path.iterdir()) == [tmp_path / "d.h5"]  # no temporary left behind
+
+
+def test_dataset_refusals(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="dataset file not found"):
+        read_dataset(tmp_path / "missing.h5")
+    (tmp_path / "junk.h5").write_bytes(b"not hdf5 at all")
+    with pytest.raises(DataError, match="cannot read the dataset file"):
+        read_dataset(tmp_path / "junk.h5")
+    write_dataset(tmp_path / "d.h5", small_dataset())
+    data = (tmp_path / "d.h5").read_bytes()
+    (tmp_path / "cut.h5").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match="cut.h5"):
+        read_dataset(tmp_path / "cut.h5")
+    with h5py.File(tmp_path / "d.h5", "a") as f:
+        f.attrs["schema_version"] = 99
+    with pytest.raises(DataError, match="newer cdae"):
+        read_dataset(tmp_path / "d.h5")
+    bad = small_dataset()
+    bad.labels[0, 2] = 12  # digit outside its classes
+    with pytest.raises(DataError, match="outside its classes"):
+        write_dataset(tmp_path / "bad.h5", bad)
+    assert not (tmp_path / "bad.h5").exists()
+
+
+def test_checkpoint_refuses_pickled_objects(tmp_path: Path) -> None:
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "cdae-checkpoint", "payload": Evil()}, path)
+    with pytest.raises(DataError, match="refused to load"):
+        load_checkpoint(path)
+
+
+def test_checkpoint_corrupt_and_foreign(tmp_path: Path) -> None:
+    good = tmp_path / "ck.pt"
+    save_checkpoint(good, {"params": {}, "graph": "{}", "image_shape": [1, 8, 8],
+                           "ema": {"w": torch.zeros(3)}, "label_mean": [0.0],
+                           "label_std": [1.0]})
+    assert load_checkpoint(good)["format"] == "cdae-checkpoint"
+    data = good.read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match="truncated or corrupt"):
+        load_checkpoint(tmp_path / "cut.pt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(DataError, match="not a cdae checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+    with open(tmp_path / "pickle.pt", "wb") as f:
+        pickle.dump({"a": 1}, f)
+    with pytest.raises(DataError):
+        load_checkpoint(tmp_path / "pickle.pt")
+
+
+def test_atomic_path_leaves_nothing_on_failure(tmp_path: Path) -> None:
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("killed")
+    assert target.read_bytes() == b"old"
+    assert list(tmp_path.iterdir()) == [target]

@@ -1,0 +1,116 @@
+"""Graph and params validation: messages name the key path; profiles and overrides."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cdae import config
+from cdae.errors import ConfigError
+from cdae.graph import CausalGraph
+
+MORPHO = {"variables": [{"name": "thickness", "type": "continuous", "unit": "px"},
+                        {"name": "intensity", "type": "continuous"},
+                        {"name": "digit", "type": "categorical", "classes": 10}],
+          "edges": [["thickness", "intensity"]]}
+
+
+def base_raw() -> dict:
+    with open(config.Path(__file__).resolve().parents[1] / "params.yaml") as f:
+        return yaml.safe_load(f)
+
+
+def test_topological_order_and_descendants() -> None:
+    g = CausalGraph.from_dict({"variables": [{"name": n} for n in "abcde"],
+                               "edges": [["c", "a"], ["a", "b"], ["b", "d"], ["e", "d"]]})
+    order = g.topological_order()
+    for p, c in g.edges:
+        assert order.index(p) < order.index(c)
+    assert g.descendants(["a"]) == ("b", "d")
+    assert g.descendants(["e"]) == ("d",)
+    assert g.descendants(["d"]) == ()
+    assert g.parents("d") == ("b", "e")
+
+
+@pytest.mark.parametrize("edges, fragment", [
+    ([["thickness", "intensity"], ["intensity", "thickness"]], "cycle"),
+    ([["thickness", "colour"]], "graph.edges[0]: unknown variable 'colour'"),
+    ([["thickness", "thickness"]], "self-loop"),
+    ([["thickness", "intensity"], ["thickness", "intensity"]], "duplicate edge"),
+    ([["thickness"]], "graph.edges[0]: expected [parent, child]"),
+])
+def test_bad_graphs_name_the_key(edges, fragment) -> None:
+    raw = copy.deepcopy(MORPHO)
+    raw["edges"] = edges
+    with pytest.raises(ConfigError, match=None) as err:
+        CausalGraph.from_dict(raw)
+    assert fragment in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_duplicate_variable_and_bad_type() -> None:
+    raw = copy.deepcopy(MORPHO)
+    raw["variables"].append({"name": "digit", "type": "categorical", "classes": 3})
+    with pytest.raises(ConfigError, match=r"graph.variables\[3\].name: duplicate"):
+        CausalGraph.from_dict(raw)
+    raw = copy.deepcopy(MORPHO)
+    raw["variables"][0]["type"] = "ordinal"
+    with pytest.raises(ConfigError, match=r"graph.variables\[0\].type"):
+        CausalGraph.from_dict(raw)
+
+
+def test_params_file_loads_with_every_profile() -> None:
+    raw = base_raw()
+    for profile in ["default", *raw["profiles"]]:
+        p = config.resolve(raw, profile)
+        assert p.profile == profile
+    assert config.resolve(raw, "paper").model.unet_channels == 128
+    assert config.resolve(raw, "tiny").train.steps < config.resolve(raw).train.steps
+
+
+@pytest.mark.parametrize("path, value, fragment", [
+    (("train", "batch_size"), 0, "train.batch_size: 0 must be > 0"),
+    (("train", "lr"), "fast", "train.lr: expected a number"),
+    (("train", "colour"), 1, "train.colour: unknown key"),
+    (("model", "mechanism"), "spline", "model.mechanism: 'spline' is not valid"),
+    (("data", "labeled_fraction"), 1.5, "data.labeled_fraction: 1.5 must be in [0, 1]"),
+    (("model", "channel_mult"), 2, "model.channel_mult: expected a list"),
+])
+def test_bad_params_name_the_key(path, value, fragment) -> None:
+    raw = base_raw()
+    raw[path[0]][path[1]] = value
+    with pytest.raises(ConfigError) as err:
+        config.resolve(raw)
+    assert fragment in str(err.value)
+
+
+def test_unknown_profile_and_override() -> None:
+    with pytest.raises(ConfigError, match="unknown profile 'gpu'"):
+        config.resolve(base_raw(), "gpu")
+    p = config.resolve(base_raw())
+    t = config.override(p.train, "train", steps=7)
+    assert t.steps == 7 and t.lr == p.train.lr
+    with pytest.raises(ConfigError, match="train.steps: -1 must be > 0"):
+        config.override(p.train, "train", steps=-1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 5)), max_size=10))
+def test_random_graphs_are_dags_or_rejected(pairs) -> None:
+    names = [f"v{i}" for i in range(6)]
+    raw = {"variables": [{"name": n} for n in names],
+           "edges": [[names[a], names[b]] for a, b in pairs]}
+    try:
+        g = CausalGraph.from_dict(raw)
+    except ConfigError as err:
+        assert any(w in str(err) for w in ("cycle", "self-loop", "duplicate"))
+        return
+    order = g.topological_order()
+    assert sorted(order) == sorted(names)
+    for a, b in g.edges:
+        assert order.index(a) < order.index(b)
+        assert b in g.descendants([a])
