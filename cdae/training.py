@@ -289,7 +289,8 @@ def train(params: cfg.Params, dataset: Dataset, out_dir: Path, *,
             opt.step()
             ema.update(model)
             step += 1
-            acc["loss"] += float(loss)
+            loss_value = loss.item()
+            acc["loss"] += loss_value
             for k in ("mse", "kl", "align", "mech"):
                 acc[k] += getattr(parts, k)
             acc_n += 1
@@ -301,7 +302,7 @@ def train(params: cfg.Params, dataset: Dataset, out_dir: Path, *,
                     on_log(row)
                 acc = dict.fromkeys(acc, 0.0)
                 acc_n = 0
-            bar.advance(1, loss=float(loss))
+            bar.advance(1, loss=loss_value)
             if stop.signum is not None:
                 save_checkpoint(ck_path, payload(step))
                 log.warning("received signal %d: saved %s at step %d; run `cdae train` again "
