@@ -140,6 +140,7 @@ class ModelParams:
 class DiffusionParams:
     timesteps: int = field(default=1000, metadata=POSITIVE)
     schedule: NoiseSchedule = NoiseSchedule.LINEAR
+    inversion_iters: int = field(default=1, metadata=NON_NEGATIVE)  # fixed-point refinements
 
 
 @dataclass(frozen=True)

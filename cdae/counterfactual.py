@@ -104,13 +104,15 @@ class CounterfactualEngine:
     """A trained model (EMA weights) plus its diffusion schedule, ready to answer do-queries."""
 
     def __init__(self, model: CausalDiffAE, diffusion: GaussianDiffusion,
-                 label_quantiles: np.ndarray | None = None, step: int = 0) -> None:
+                 label_quantiles: np.ndarray | None = None, step: int = 0,
+                 inversion_iters: int = 1) -> None:
         self.model = model.eval()
         self.diffusion = diffusion
         self.graph = model.graph
         self.device = next(model.parameters()).device
         self.label_quantiles = label_quantiles
         self.step = step
+        self.inversion_iters = inversion_iters  # fixed-point refinements per inversion step
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -134,7 +136,8 @@ class CounterfactualEngine:
         model.to(device)
         q = ck.get("label_quantiles")
         return cls(model, make_diffusion(params).to(device),
-                   np.asarray(q) if q is not None else None, int(ck.get("step", 0)))
+                   np.asarray(q) if q is not None else None, int(ck.get("step", 0)),
+                   params.diffusion.inversion_iters)
 
     # ------------------------------------------------------------------ support checks
     def percentile(self, name: str, value: float) -> float | None:
@@ -153,7 +156,8 @@ class CounterfactualEngine:
     @torch.no_grad()
     def abduct(self, images: torch.Tensor, labels: torch.Tensor | None, *, steps: int,
                abduction: cfg.Abduction = cfg.Abduction.INVERT, t0: int = 700,
-               generator: torch.Generator | None = None) -> Factual:
+               generator: torch.Generator | None = None,
+               inversion_iters: int | None = None) -> Factual:
         """Abduction. images (B, C, H, W) in [-1, 1]; labels (B, K) raw (NaN = unknown) or None
         (parents read from the image). Returns u, z and x_T (x_{t0} for partial)."""
         ab = self.model.abduct(images, labels)
@@ -165,8 +169,10 @@ class CounterfactualEngine:
             x_T = self.diffusion.q_sample(images, t, noise)
         else:
             t_stop = t0 if abduction is cfg.Abduction.PARTIAL else None
+            iters = self.inversion_iters if inversion_iters is None else inversion_iters
             x_T = self.diffusion.ddim_invert(images, self._eps_fn(c, 0.0),
-                                             self._steps_for(steps, t_stop), t_stop=t_stop)
+                                             self._steps_for(steps, t_stop), t_stop=t_stop,
+                                             fixed_point_iters=iters)
         parents = self.model.read_labels(ab.z)
         if labels is not None:
             parents = torch.where(torch.isfinite(labels), labels, parents)

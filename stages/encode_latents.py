@@ -56,6 +56,7 @@ def run(params: cfg.Params, *, split: str | None = None, steps: int | None = Non
     ip = params.intervene
     model_path = Path(params.paths.model_dir) / "model.pt"
     engine = CounterfactualEngine.load(model_path)
+    engine.inversion_iters = params.diffusion.inversion_iters
     ds = read_dataset(params.paths.dataset)
     idx = select(ds, ep.split, ep.max_images)
     k, d = len(engine.graph.names), engine.model.d
@@ -84,6 +85,7 @@ def run(params: cfg.Params, *, split: str | None = None, steps: int | None = Non
             bar.advance(rows.size)
         f.attrs.update({"schema_version": SCHEMA_VERSION, "split": ep.split, "steps": ep.steps,
                         "abduction": cfg.Abduction.INVERT.value,
+                        "inversion_iters": engine.inversion_iters,
                         "parents_from": ip.parents_from.value,
                         "checkpoint_sha256": file_sha256(model_path),
                         "names": json.dumps(list(engine.graph.names))})
@@ -93,7 +95,8 @@ def run(params: cfg.Params, *, split: str | None = None, steps: int | None = Non
 
 
 def load_cached(path: str | Path, model_path: str | Path, rows: np.ndarray, steps: int,
-                parents_from: cfg.ParentsFrom) -> dict[str, np.ndarray] | None:
+                parents_from: cfg.ParentsFrom,
+                inversion_iters: int) -> dict[str, np.ndarray] | None:
     """Cached u, z, parents, x_T for dataset ``rows`` when the latents file matches the model,
     the DDIM steps and the abduction settings; otherwise None (the caller re-abducts)."""
     import h5py
@@ -106,6 +109,7 @@ def load_cached(path: str | Path, model_path: str | Path, rows: np.ndarray, step
             a = f.attrs
             if (int(a.get("schema_version", -1)) != SCHEMA_VERSION or int(a["steps"]) != steps
                     or a["parents_from"] != parents_from.value
+                    or int(a.get("inversion_iters", -1)) != inversion_iters
                     or a["checkpoint_sha256"] != file_sha256(model_path)):
                 return None
             index = f["index"][()]

@@ -45,6 +45,7 @@ def run(params: cfg.Params) -> dict[str, object]:
                         hint="evaluate needs a generated dataset (prepare-data with an SCM)")
     gen = make_generator(cfg.SCMKind(ds.scm))
     engine = CounterfactualEngine.load(Path(params.paths.model_dir) / "model.pt")
+    engine.inversion_iters = params.diffusion.inversion_iters
     names = ds.graph.names
     rows = select(ds, ep.split, ep.max_images)
     n = rows.size

@@ -80,6 +80,7 @@ def run(params: cfg.Params, do: dict[str, float], *, name: str | None = None,
     name = name or default_name(do)
     target = Path(out) if out else output_path(params.paths.counterfactuals_dir, name)
     engine = CounterfactualEngine.load(model_path)
+    engine.inversion_iters = params.diffusion.inversion_iters
     checked: dict[str, float] = {}
     from cdae.counterfactual import add_intervention
 
@@ -101,7 +102,8 @@ def run(params: cfg.Params, do: dict[str, float], *, name: str | None = None,
     use_labels = ip.parents_from is cfg.ParentsFrom.LABELS
     cache = None
     if ip.abduction is cfg.Abduction.INVERT:
-        cache = load_cached(params.paths.latents, model_path, rows, ip.steps, ip.parents_from)
+        cache = load_cached(params.paths.latents, model_path, rows, ip.steps, ip.parents_from,
+                            engine.inversion_iters)
     log.info("intervene %s on %d images (%s abduction%s, %d DDIM steps, guidance %g)", name,
              rows.size, ip.abduction.value, ", cached x_T" if cache else "", ip.steps,
              ip.guidance)

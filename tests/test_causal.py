@@ -67,6 +67,8 @@ def test_mechanism_learns_deepscm_counterfactual_intensity() -> None:
     """Fitted on labels alone, the monotone prior + additive mechanism must beat the best
     ADDITIVE-noise mechanism's floor (4.7) on the true counterfactual intensity under do(t)."""
     torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: threads only add overhead
     g = CausalGraph.from_dict({"variables": [{"name": "thickness"}, {"name": "intensity"}],
                                "edges": [["thickness", "intensity"]]})
     rng = np.random.default_rng(0)
@@ -98,6 +100,7 @@ def test_mechanism_learns_deepscm_counterfactual_intensity() -> None:
                                               dtype=torch.float32))[:, 0]
         z_cf = layer.intervene(z, u, {0: block})
         i_model = layer.read_labels(z_cf)[:, 1].numpy() * std[1] + mean[1]
+    torch.set_num_threads(threads)
     err = np.abs(i_model - i_true).mean()
     assert err < 3.0, err
     assert np.abs(i[:m] - i_true).mean() > 30  # do-nothing is far worse
