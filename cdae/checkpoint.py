@@ -32,11 +32,13 @@ SCHEMA_VERSION = 1
 
 
 def config_hash(params_dict: dict[str, Any]) -> str:
-    """Hash of the settings that determine a training run (for safe resume)."""
+    """Hash of the settings that determine a training run (for safe resume). ``train.steps`` is
+    left out: training a finished run for more steps continues it."""
     keys = ("graph", "data", "model", "diffusion", "train", "seed")
     sub = {k: params_dict.get(k) for k in keys}
     sub["train"] = {k: v for k, v in (sub["train"] or {}).items()
-                    if k not in ("checkpoint_every", "log_every", "threads", "device", "compile")}
+                    if k not in ("steps", "checkpoint_every", "log_every", "threads", "device",
+                                 "compile")}
     return hashlib.sha256(json.dumps(sub, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

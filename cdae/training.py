@@ -235,17 +235,19 @@ def train(params: cfg.Params, dataset: Dataset, out_dir: Path, *,
     start = 0
     log_rows: list[dict[str, float]] = []
     ck_path = out_dir / "checkpoint.pt"
-    if resume and ck_path.is_file():
-        ck = load_checkpoint(ck_path, map_location=device)
-        if ck.get("config_hash") == chash:
+    final_path = out_dir / "model.pt"
+    source = ck_path if ck_path.is_file() else final_path
+    if resume and source.is_file():
+        ck = load_checkpoint(source, map_location=device)
+        if ck.get("config_hash") == chash and int(ck["step"]) <= tp.steps:
             model.load_state_dict(ck["model"])
             ema.shadow = {k: v.to(device) for k, v in ck["ema"].items()}
             opt.load_state_dict(ck["optimizer"])
             start = int(ck["step"])
             log_rows = list(ck.get("log", []))
-            log.info("resuming from %s at step %d", ck_path, start)
+            log.info("resuming from %s at step %d", source, start)
         else:
-            log.info("ignoring %s: it was written for other settings", ck_path)
+            log.info("starting afresh: %s was written for other settings", source)
 
     step_fn = compute_loss
     if tp.compile:
@@ -313,7 +315,7 @@ def train(params: cfg.Params, dataset: Dataset, out_dir: Path, *,
                 save_checkpoint(ck_path, payload(step))
     seconds = time.perf_counter() - t0
     if not stopped:
-        save_checkpoint(out_dir / "model.pt", payload(step))
+        save_checkpoint(final_path, payload(step))
         if ck_path.exists():
             ck_path.unlink()
     done = step - start
