@@ -254,6 +254,27 @@ def evaluate(params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt,
     _emit(_run(go), as_json, text)
 
 
+@app.command()
+def info(path: Path = typer.Argument(..., help="dataset/latents/counterfactual .h5 or "
+                                     "checkpoint .pt"),
+         as_json: bool = JsonOpt) -> None:
+    """What a file holds: variables with units and ranges, the graph, sizes, steps, versions.
+
+    Example: cdae info models/model.pt
+    """
+    def go():
+        from stages import info as stage
+
+        return stage.describe(path)
+
+    def text(r: dict[str, Any]) -> str:
+        from stages.info import format_info
+
+        return format_info(r)
+
+    _emit(_run(go), as_json, text)
+
+
 def main() -> None:
     """Console-script entry point (also `python -m cdae`)."""
     try:

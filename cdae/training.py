@@ -21,6 +21,7 @@ from torch.nn import functional as F
 
 from cdae import config as cfg
 from cdae.checkpoint import config_hash, load_checkpoint, save_checkpoint
+from cdae.counterfactual import to_unit
 from cdae.dataset import Dataset, Split
 from cdae.diffusion import BetaSchedule, GaussianDiffusion
 from cdae.errors import DataError, TrainingError
@@ -37,16 +38,6 @@ def select_device(choice: cfg.Device) -> torch.device:
     if choice is cfg.Device.AUTO and torch.cuda.is_available():
         return torch.device("cuda")
     return torch.device("cpu")
-
-
-def images_to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 (N, C, H, W) 0..255 -> float32 in [-1, 1]."""
-    return torch.from_numpy(images).float().div_(127.5).sub_(1.0)
-
-
-def tensor_to_images(x: torch.Tensor) -> np.ndarray:
-    """float in [-1, 1] (N, C, H, W) -> uint8 0..255."""
-    return ((x.detach().float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8).cpu().numpy()
 
 
 def build_model(params: cfg.Params, image_shape: tuple[int, int, int], label_mean: np.ndarray,
@@ -212,7 +203,7 @@ def train(params: cfg.Params, dataset: Dataset, out_dir: Path, *,
     if tp.batch_size > train_idx.size:
         raise DataError(f"train.batch_size {tp.batch_size} is larger than the train split "
                         f"({train_idx.size} images)", hint="lower train.batch_size")
-    images = images_to_tensor(dataset.images[train_idx]).to(device)
+    images = to_unit(dataset.images[train_idx]).to(device)
     mask_np = dataset.label_mask[train_idx] & np.isfinite(dataset.labels[train_idx])
     labels = torch.as_tensor(np.where(mask_np, dataset.labels[train_idx], np.nan),
                              dtype=torch.float32, device=device)

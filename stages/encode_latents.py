@@ -58,6 +58,9 @@ def run(params: cfg.Params, *, split: str | None = None, steps: int | None = Non
     engine = CounterfactualEngine.load(model_path)
     engine.inversion_iters = params.diffusion.inversion_iters
     ds = read_dataset(params.paths.dataset)
+    from stages.intervene import check_compatible
+
+    check_compatible(engine, ds.graph, str(params.paths.dataset), model_path, ds.image_shape)
     idx = select(ds, ep.split, ep.max_images)
     k, d = len(engine.graph.names), engine.model.d
     target = Path(out or params.paths.latents)

@@ -46,6 +46,10 @@ def run(params: cfg.Params) -> dict[str, object]:
     gen = make_generator(cfg.SCMKind(ds.scm))
     engine = CounterfactualEngine.load(Path(params.paths.model_dir) / "model.pt")
     engine.inversion_iters = params.diffusion.inversion_iters
+    from stages.intervene import check_compatible
+
+    check_compatible(engine, ds.graph, str(params.paths.dataset),
+                     Path(params.paths.model_dir) / "model.pt", ds.image_shape)
     names = ds.graph.names
     rows = select(ds, ep.split, ep.max_images)
     n = rows.size

@@ -62,6 +62,27 @@ def check_support(engine, do: dict[str, float], strict: bool) -> list[str]:
     return notes
 
 
+def check_compatible(engine, graph, where: str, model_path: Path,
+                     image_shape: tuple[int, ...] | None = None) -> None:
+    """DataError saying what differs when a checkpoint does not fit the graph or the images."""
+    from cdae.errors import DataError
+
+    mine, theirs = engine.graph, graph
+    if mine.to_dict() != theirs.to_dict():
+        if mine.names != theirs.names:
+            what = f"variables {', '.join(mine.names)} vs {', '.join(theirs.names)}"
+        elif mine.edges != theirs.edges:
+            what = (f"edges {', '.join('->'.join(e) for e in mine.edges)} vs "
+                    f"{', '.join('->'.join(e) for e in theirs.edges)}")
+        else:
+            what = "variable types or units differ"
+        raise DataError(f"{model_path} was trained on another graph than {where} ({what})",
+                        hint="re-run `cdae train` or use the matching params")
+    if image_shape is not None and tuple(image_shape) != tuple(engine.model.image_shape):
+        raise DataError(f"{model_path} expects images {tuple(engine.model.image_shape)}, "
+                        f"{where} holds {tuple(image_shape)}", hint="re-run `cdae train`")
+
+
 def run(params: cfg.Params, do: dict[str, float], *, name: str | None = None,
         out: str | None = None, strict: bool = False, guidance: float | None = None,
         steps: int | None = None, abduction: cfg.Abduction | None = None,
@@ -88,16 +109,8 @@ def run(params: cfg.Params, do: dict[str, float], *, name: str | None = None,
         add_intervention(checked, k, v, engine.graph)
     notes = check_support(engine, checked, strict)
     ds = read_dataset(params.paths.dataset)
-    if ds.graph.to_dict() != engine.graph.to_dict():
-        from cdae.errors import DataError
-
-        raise DataError(f"{model_path} was trained on another graph than {params.paths.dataset}",
-                        hint="re-run `cdae train`")
-    if tuple(ds.image_shape) != tuple(engine.model.image_shape):
-        from cdae.errors import DataError
-
-        raise DataError(f"{model_path} expects images {engine.model.image_shape}, the dataset "
-                        f"holds {ds.image_shape}", hint="re-run `cdae train`")
+    check_compatible(engine, params.graph, "params.yaml", model_path)
+    check_compatible(engine, ds.graph, str(params.paths.dataset), model_path, ds.image_shape)
     rows = select(ds, ip.split, ip.max_images)
     use_labels = ip.parents_from is cfg.ParentsFrom.LABELS
     cache = None

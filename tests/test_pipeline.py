@@ -89,3 +89,69 @@ def test_cli_intervene_prints_parents(project: Path) -> None:
     # intensity has no descendants: thickness keeps its factual value
     t = result["parents"]["thickness"]
     assert t["counterfactual_mean"] == pytest.approx(t["factual_mean"], abs=1e-4)
+
+
+def test_info_describes_files(project: Path) -> None:
+    out = sh([sys.executable, "-m", "cdae", "info", "models/model.pt"], project, stdout_only=True)
+    assert "checkpoint" in out and "intensity [0..255] <- thickness" in out
+    js = json.loads(sh([sys.executable, "-m", "cdae", "info", "data/dataset.h5", "--json"],
+                       project, stdout_only=True))
+    assert js["kind"] == "dataset" and js["images"] == js["train"] + js["test"]
+    thickness = next(v for v in js["variables"] if v["name"] == "thickness")
+    assert thickness["unit"] == "px" and 0.5 < thickness["range"][0] < thickness["range"][1]
+
+
+def run_cli(project: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, DVC_NO_ANALYTICS="1")
+    return subprocess.run([sys.executable, "-m", "cdae", *args], cwd=project, env=env,
+                          capture_output=True, text=True)
+
+
+def test_out_of_support_warns_and_strict_refuses(project: Path) -> None:
+    r = run_cli(project, "intervene", "--var", "thickness", "--value", "9.5", "--max-images", "2",
+                "--steps", "2", "--out", "data/far.h5")
+    assert r.returncode == 0, r.stderr
+    assert "percentile of the train split" in r.stderr
+    r = run_cli(project, "intervene", "--var", "thickness", "--value", "9.5", "--strict",
+                "--out", "data/strict.h5")
+    assert r.returncode == 2
+    assert r.stderr.strip().startswith("error: thickness=9.5 lies at the 100.0th percentile")
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert not (project / "data/strict.h5").exists()
+
+
+def test_mismatched_checkpoint_says_what_differs(project: Path, tmp_path: Path) -> None:
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    raw["graph"]["variables"][1]["name"] = "brightness"
+    raw["graph"]["edges"] = [["thickness", "brightness"]]
+    raw["intervene"]["interventions"] = {}
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump(raw))
+    r = run_cli(project, "intervene", "--params", str(other), "--var", "thickness", "--value",
+                "2", "--out", "data/mismatch.h5")
+    assert r.returncode == 2
+    assert "trained on another graph" in r.stderr and "Traceback" not in r.stderr
+    assert not (project / "data/mismatch.h5").exists()
+
+
+def test_unwritable_output_is_refused(project: Path) -> None:
+    r = run_cli(project, "intervene", "--var", "thickness", "--value", "2", "--steps", "2",
+                "--out", "params.yaml/sub/out.h5")
+    assert r.returncode == 2
+    assert "cannot create output folder" in r.stderr
+
+
+def test_concurrent_intervene_runs_do_not_interfere(project: Path) -> None:
+    env = dict(os.environ, DVC_NO_ANALYTICS="1")
+    procs = [subprocess.Popen([sys.executable, "-m", "cdae", "intervene", "--do", f"thickness={v}",
+                               "--max-images", "3", "--steps", "2", "--out", f"data/c{v}.h5"],
+                              cwd=project, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for v in (1.5, 3.5)]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    for v in (1.5, 3.5):
+        with h5py.File(project / f"data/c{v}.h5") as f:
+            assert np.allclose(f["parents_cf"][:, 0], v)
+            assert f["counterfactual"].shape[0] == 3
+    assert not list((project / "data").glob(".*.tmp-*"))

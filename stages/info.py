@@ -1,0 +1,91 @@
+"""`cdae info PATH`: what a dataset, latents or counterfactual file, or a checkpoint holds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from cdae.errors import DataError
+
+
+def _variables(graph, labels: np.ndarray | None) -> list[dict[str, object]]:
+    out = []
+    for j, v in enumerate(graph.variables):
+        row: dict[str, object] = {"name": v.name, "type": v.type.value, "unit": v.unit,
+                                  "parents": list(graph.parents(v.name))}
+        if v.is_categorical:
+            row["classes"] = v.classes
+        if labels is not None:
+            col = labels[:, j][np.isfinite(labels[:, j])]
+            if col.size:
+                row["range"] = [round(float(col.min()), 4), round(float(col.max()), 4)]
+                row["labelled"] = int(col.size)
+        out.append(row)
+    return out
+
+
+def describe(path: str | Path) -> dict[str, object]:
+    from cdae.graph import CausalGraph
+
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p}: no such file", hint="pass a dataset (.h5) or checkpoint (.pt)")
+    with open(p, "rb") as f:
+        magic = f.read(8)
+    if magic.startswith(b"\x89HDF"):
+        import h5py
+
+        with h5py.File(p, "r") as f:
+            if "images" in f and "labels" in f and "graph" in f.attrs:
+                from cdae.dataset import read_dataset
+
+                ds = read_dataset(p)
+                return {"kind": "dataset", "path": str(p), "images": int(ds.images.shape[0]),
+                        "image_shape": list(ds.image_shape),
+                        "train": int((ds.split == 0).sum()), "test": int((ds.split == 1).sum()),
+                        "source": ds.source, "scm": ds.scm,
+                        "variables": _variables(ds.graph, ds.labels),
+                        "graph": ds.graph.describe()}
+            kind = "counterfactuals" if "counterfactual" in f else "latents" \
+                if "x_T" in f else "hdf5"
+            return {"kind": kind, "path": str(p),
+                    "datasets": {k: [list(f[k].shape), str(f[k].dtype)] for k in f},
+                    "attrs": {k: (v.item() if hasattr(v, "item") else str(v))
+                              for k, v in f.attrs.items()}}
+    from cdae.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(p)
+    graph = CausalGraph.from_json(ck["graph"])
+    n_params = sum(int(np.prod(v.shape)) for v in ck["ema"].values()
+                   if hasattr(v, "shape") and v.dtype.is_floating_point)
+    q = np.asarray(ck.get("label_quantiles", []), dtype=float)
+    rows = _variables(graph, None)
+    for j, row in enumerate(rows):
+        if q.size and np.isfinite(q[j]).all():
+            row["train_range"] = [round(float(q[j][0]), 4), round(float(q[j][-1]), 4)]
+    return {"kind": "checkpoint", "path": str(p), "step": int(ck.get("step", 0)),
+            "total_steps": int(ck.get("total_steps", 0)), "parameters": n_params,
+            "image_shape": list(ck["image_shape"]), "profile": ck["params"].get("profile"),
+            "model": ck["params"].get("model"), "versions": ck.get("versions", {}),
+            "variables": rows, "graph": graph.describe()}
+
+
+def format_info(r: dict[str, object]) -> str:
+    lines = [f"{r['path']}: {r['kind']}"]
+    for k in ("images", "image_shape", "train", "test", "source", "scm", "step", "total_steps",
+              "parameters", "profile", "versions"):
+        if k in r:
+            lines.append(f"  {k}: {r[k]}")
+    for v in r.get("variables", []):  # type: ignore[union-attr]
+        extra = ", ".join(f"{k} {v[k]}" for k in ("unit", "classes", "range", "train_range",
+                                                   "labelled") if v.get(k) not in (None, ""))
+        lines.append(f"  variable {v['name']} ({v['type']}{', ' + extra if extra else ''})")
+    if "graph" in r:
+        lines.append("  graph:")
+        lines += [f"    {line}" for line in str(r["graph"]).splitlines()]
+    for k in ("datasets", "attrs"):
+        if k in r:
+            lines.append(f"  {k}: {json.dumps(r[k], default=str)}")
+    return "\n".join(lines)

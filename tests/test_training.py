@@ -1,0 +1,86 @@
+"""Training: seeded and reproducible, resumable to identical weights, clean non-finite stop."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from cdae import config
+from cdae.checkpoint import load_checkpoint
+from cdae.dataset import Dataset, normalisation_stats
+from cdae.errors import TrainingError
+from cdae.training import train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def params() -> config.Params:
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    p = config.resolve(raw, "tiny")
+    return dataclasses.replace(p, train=dataclasses.replace(p.train, steps=6,
+                                                            checkpoint_every=3, threads=1))
+
+
+@pytest.fixture(scope="module")
+def dataset(params: config.Params) -> Dataset:
+    rng = np.random.default_rng(0)
+    n = 40
+    t = 0.5 + rng.gamma(10, 1 / 5, n)
+    i = 64 + 191 / (1 + np.exp(-(2 * (t - 2.5) + 0.5 * rng.normal(size=n))))
+    labels = np.stack([t, i, rng.integers(0, 10, n)], 1)
+    split = (np.arange(n) % 4 == 0).astype(np.uint8)
+    mean, std = normalisation_stats(labels, split, params.graph)
+    images = rng.integers(0, 255, (n, 1, 28, 28), dtype=np.uint8)
+    return Dataset(images, labels, np.ones((n, 3), bool), split, params.graph, mean, std)
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    ck = load_checkpoint(path)
+    return {**{f"ema.{k}": v for k, v in ck["ema"].items()},
+            **{f"raw.{k}": v for k, v in ck["model"].items()}}
+
+
+def test_same_seed_same_weights_and_resume_is_exact(params, dataset, tmp_path: Path) -> None:
+    train(params, dataset, tmp_path / "a", show_progress=False)
+    train(params, dataset, tmp_path / "b", show_progress=False)
+    a, b = weights(tmp_path / "a/model.pt"), weights(tmp_path / "b/model.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    short = dataclasses.replace(params, train=dataclasses.replace(params.train, steps=4))
+    r = train(short, dataset, tmp_path / "c", show_progress=False)
+    assert r.step == 4
+    r = train(params, dataset, tmp_path / "c", show_progress=False)  # continues 4 -> 6
+    assert r.step == 6
+    c = weights(tmp_path / "c/model.pt")
+    for k in a:
+        torch.testing.assert_close(c[k], a[k], rtol=0, atol=0, msg=k)
+
+
+def test_other_seed_other_weights(params, dataset, tmp_path: Path) -> None:
+    other = dataclasses.replace(params, train=dataclasses.replace(params.train, seed=1))
+    train(params, dataset, tmp_path / "a", show_progress=False)
+    train(other, dataset, tmp_path / "b", show_progress=False)
+    a, b = weights(tmp_path / "a/model.pt"), weights(tmp_path / "b/model.pt")
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("raw.unet"))
+
+
+def test_non_finite_loss_names_the_step(params, dataset, tmp_path: Path) -> None:
+    bad = dataclasses.replace(params, train=dataclasses.replace(params.train, lr=1e30,
+                                                                mechanism_lr=1e30, grad_clip=0))
+    with pytest.raises(TrainingError, match=r"non-finite loss .* at step \d+"):
+        train(bad, dataset, tmp_path / "x", show_progress=False)
+    assert not (tmp_path / "x/model.pt").exists()
+
+
+def test_batch_larger_than_data(params, dataset, tmp_path: Path) -> None:
+    from cdae.errors import DataError
+
+    big = dataclasses.replace(params, train=dataclasses.replace(params.train, batch_size=999))
+    with pytest.raises(DataError, match="train.batch_size 999 is larger than the train split"):
+        train(big, dataset, tmp_path / "y", show_progress=False)
