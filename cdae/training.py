@@ -83,7 +83,7 @@ def compute_loss(model: CausalDiffAE, diffusion: GaussianDiffusion, x0: torch.Te
     std = (tp.posterior_var_scale * logvar.exp()).sqrt()
     flat = mean + std * torch.randn(mean.shape, generator=gen, device=dev)
     u, style = model.split_latent(flat)
-    z = model.causal.causal_layer(u, freeze_mechanisms=True)
+    z = model.causal.causal_layer(u)
 
     y_norm = model.normalise(torch.where(mask, y, torch.zeros_like(y)))
     mu = model.causal.prior_mean(y_norm)
@@ -277,8 +277,8 @@ def train(params: cfg.Params, dataset: Dataset, out_dir: Path, *,
                                     hint=f"lower train.lr; the last good checkpoint is {ck_path}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            if tp.grad_clip > 0:  # the label-only mechanisms are not scaled by image gradients
-                torch.nn.utils.clip_grad_norm_(other, tp.grad_clip)
+            if tp.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tp.grad_clip)
             opt.step()
             ema.update(model)
             step += 1

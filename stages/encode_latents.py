@@ -34,14 +34,18 @@ def file_sha256(path: str | Path) -> str:
 
 
 def select(ds, split: str, max_images: int) -> np.ndarray:
-    """Dataset rows of ``split`` (the first ``max_images`` of them, 0 = all)."""
+    """Dataset rows of ``split``: all of them, or ``max_images`` drawn at random with a fixed
+    seed (sorted), so every stage that asks for n images of a split gets the same n images and
+    datasets stored class by class are not evaluated on one class."""
     from cdae.dataset import Split
     from cdae.errors import DataError
 
     idx = ds.indices(Split.parse(split))
     if idx.size == 0:
         raise DataError(f"the {split} split is empty", hint="check data.test_fraction")
-    return idx[:max_images] if max_images else idx
+    if not max_images or max_images >= idx.size:
+        return idx
+    return np.sort(np.random.default_rng(0).permutation(idx)[:max_images])
 
 
 def run(params: cfg.Params, *, split: str | None = None, steps: int | None = None,
