@@ -155,27 +155,15 @@ class CausalLayer(nn.Module):
     def _parent_input(self, z: torch.Tensor, k: int) -> torch.Tensor:
         return torch.cat([z[:, j] for j in self.parents[k]], dim=-1)
 
-    def _mechanism(self, name: str, z_pa: torch.Tensor,
-                   frozen: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        mech = self.mechanisms[name]
-        if not frozen:
-            return mech(z_pa)
-        # gradients reach the inputs (parents, encoder) but not f_i: mechanisms fit labels only
-        detached = {k: v.detach() for k, v in mech.named_parameters()}
-        return torch.func.functional_call(mech, detached, (z_pa,))
-
-    def causal_layer(self, u: torch.Tensor, *, freeze_mechanisms: bool = False) -> torch.Tensor:
-        """u (B, K, d) -> z (B, K, d), recursively in topological order.
-
-        ``freeze_mechanisms`` stops image losses from training f_i (used in training: the
-        mechanisms are fitted by :meth:`mechanism_nll` on labels alone)."""
+    def causal_layer(self, u: torch.Tensor) -> torch.Tensor:
+        """u (B, K, d) -> z (B, K, d), recursively in topological order."""
         z: list[torch.Tensor | None] = [None] * u.shape[1]
         for k in self.order:
             if not self.parents[k]:
                 z[k] = u[:, k]
                 continue
             stacked = torch.stack([z[j] for j in self.parents[k]], 1)  # type: ignore[misc]
-            loc, log_scale = self._mechanism(self.names[k], stacked.flatten(1), freeze_mechanisms)
+            loc, log_scale = self.mechanisms[self.names[k]](stacked.flatten(1))
             z[k] = loc.unsqueeze(-1) + torch.exp(log_scale).unsqueeze(-1) * u[:, k]
         return torch.stack(z, 1)  # type: ignore[arg-type]
 

@@ -33,9 +33,12 @@ SCHEMA_VERSION = 1
 
 def config_hash(params_dict: dict[str, Any]) -> str:
     """Hash of the settings that determine a training run (for safe resume). ``train.steps`` is
-    left out: training a finished run for more steps continues it."""
+    left out: training a finished run for more steps continues it; so are settings that only
+    affect sampling (``diffusion.inversion_iters``) or bookkeeping."""
     keys = ("graph", "data", "model", "diffusion", "train", "seed")
     sub = {k: params_dict.get(k) for k in keys}
+    sub["diffusion"] = {k: v for k, v in (sub["diffusion"] or {}).items()
+                        if k != "inversion_iters"}  # a sampling setting, not a training one
     sub["train"] = {k: v for k, v in (sub["train"] or {}).items()
                     if k not in ("steps", "checkpoint_every", "log_every", "threads", "device",
                                  "compile")}

@@ -155,8 +155,11 @@ def _format_intervention(r: dict[str, Any]) -> str:
              "  parent values, mean over images (factual -> counterfactual):"]
     for name, p in r["parents"].items():
         tag = "set by do" if p["intervened"] else "propagated by the learned mechanism" \
-            if abs(p["counterfactual_mean"] - p["factual_mean"]) > 1e-6 else "unchanged"
+            if p["changed"] else "unchanged"
         unit = f" {p['unit']}" if p["unit"] else ""
+        if p["categorical"] and not p["intervened"]:
+            lines.append(f"    {name:<12} {'(categorical)':>22}  ({tag})")
+            continue
         lines.append(f"    {name:<12} {p['factual_mean']:9.3f} -> {p['counterfactual_mean']:9.3f}"
                      f"{unit}  ({tag})")
     for w in r.get("warnings", []):

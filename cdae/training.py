@@ -111,17 +111,29 @@ def compute_loss(model: CausalDiffAE, diffusion: GaussianDiffusion, x0: torch.Te
 
 
 class EMA:
-    """Exponential moving average of a module's parameters and buffers."""
+    """Exponential moving average of a module's parameters and buffers, with a warm-up.
+
+    After ``n`` updates the decay is ``min(decay, (1 + n) / (10 + n))``. Without the warm-up a short
+    run keeps ``decay**steps`` of the random initial weights in the average (18% after 1,700 steps
+    at 0.999, with the UNet's zero-initialised output conv among them), which ruins counterfactuals
+    of CPU-sized runs.
+    """
 
     def __init__(self, model: torch.nn.Module, decay: float) -> None:
         self.decay = decay
         self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
+    def decay_at(self, updates: int) -> float:
+        """The decay used for update number ``updates`` (0-based)."""
+        return min(self.decay, (1.0 + updates) / (10.0 + updates))
+
     @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
+    def update(self, model: torch.nn.Module, updates: int) -> None:
+        """Blend ``model`` into the average; ``updates`` = optimizer steps taken before this one."""
+        weight = 1.0 - self.decay_at(updates)
         for k, v in model.state_dict().items():
             if v.dtype.is_floating_point:
-                self.shadow[k].lerp_(v, 1.0 - self.decay)
+                self.shadow[k].lerp_(v, weight)
             else:
                 self.shadow[k].copy_(v)
 
@@ -273,14 +285,14 @@ def train(params: cfg.Params, dataset: Dataset, out_dir: Path, *,
             parts = step_fn(model, diffusion, images[idx], labels[idx], mask[idx], step, tp, gen)
             loss = parts.total
             if not torch.isfinite(loss):
-                raise TrainingError(f"non-finite loss ({float(loss)}) at step {step}",
+                raise TrainingError(f"non-finite loss ({loss.item()}) at step {step}",
                                     hint=f"lower train.lr; the last good checkpoint is {ck_path}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if tp.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), tp.grad_clip)
             opt.step()
-            ema.update(model)
+            ema.update(model, step)
             step += 1
             loss_value = loss.item()
             acc["loss"] += loss_value

@@ -114,3 +114,21 @@ def test_random_graphs_are_dags_or_rejected(pairs) -> None:
     for a, b in g.edges:
         assert order.index(a) < order.index(b)
         assert b in g.descendants([a])
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from([("train", "batch_size"), ("train", "lr"), ("train", "steps"),
+                        ("model", "latent_dim"), ("data", "labeled_fraction"),
+                        ("intervene", "guidance"), ("model", "mechanism"), ("train", "bf16")]),
+       st.one_of(st.integers(-5, 5), st.floats(-2, 2, allow_nan=False), st.text(max_size=6),
+                 st.booleans(), st.none(), st.lists(st.integers(), max_size=2)))
+def test_any_params_value_is_accepted_or_named(path, value) -> None:
+    raw = base_raw()
+    raw[path[0]][path[1]] = value
+    try:
+        p = config.resolve(raw)
+    except ConfigError as err:
+        assert str(err).startswith(f"{path[0]}.{path[1]}:"), str(err)
+        assert "\n" not in str(err)
+        return
+    assert getattr(getattr(p, path[0]), path[1]) is not None

@@ -84,3 +84,23 @@ def test_batch_larger_than_data(params, dataset, tmp_path: Path) -> None:
     big = dataclasses.replace(params, train=dataclasses.replace(params.train, batch_size=999))
     with pytest.raises(DataError, match="train.batch_size 999 is larger than the train split"):
         train(big, dataset, tmp_path / "y", show_progress=False)
+
+
+def test_ema_forgets_the_initial_weights_of_a_short_run() -> None:
+    """With decay 0.999 a plain EMA keeps 0.999**1700 = 18% of the random initial weights after a
+    1,700-step run; the warm-up must leave (almost) none of them."""
+    from cdae.training import EMA
+
+    model = torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        model.weight.fill_(5.0)
+        model.bias.fill_(5.0)
+    ema = EMA(model, 0.999)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+        model.bias.fill_(1.0)
+    for n in range(1700):
+        ema.update(model, n)
+    assert abs(float(ema.shadow["weight"].mean()) - 1.0) < 0.01
+    assert ema.decay_at(0) == pytest.approx(0.1)
+    assert ema.decay_at(10**6) == 0.999
