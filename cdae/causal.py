@@ -195,10 +195,16 @@ class CausalLayer(nn.Module):
         return z_cf
 
     # ------------------------------------------------------------------ training signal
-    def mechanism_nll(self, y_norm: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def mechanism_nll(self, y_norm: torch.Tensor, mask: torch.Tensor,
+                      reference: torch.Tensor | None = None) -> torch.Tensor:
         """Flow negative log-likelihood of each non-root label given its parents' labels,
         averaged over examples where the child and all its parents are labelled; plus a
-        standardisation penalty that fixes the scale of each monotone g_i. Scalar."""
+        standardisation penalty that fixes the scale of each monotone g_i. Scalar.
+
+        y_norm (B, K) standardised labels; mask (B, K) bool. ``reference`` (M, K) standardised
+        labels (NaN = missing), e.g. the whole train split: the penalty asks g_i of THOSE values
+        to have mean 0 and variance 1, so it does not depend on how a batch is split over
+        data-parallel processes (without it, the batch's own values are used)."""
         total = y_norm.new_zeros(())
         mu = self.prior_mean(y_norm).detach()
         for k in self.order:
@@ -219,8 +225,12 @@ class CausalLayer(nn.Module):
                 gmap = self.monotone[name]
                 g = gmap(x)
                 log_det = gmap.log_derivative(x)
-                standardise = g.mean() ** 2 + (g.var(unbiased=False) - 1.0) ** 2 if g.numel() > 1 \
-                    else g.new_zeros(())
+                g_ref = g
+                if reference is not None:
+                    col = reference[:, k]
+                    g_ref = gmap(col[torch.isfinite(col)])
+                standardise = (g_ref.mean() ** 2 + (g_ref.var(unbiased=False) - 1.0) ** 2
+                               if g_ref.numel() > 1 else g.new_zeros(()))
             else:
                 g, log_det, standardise = x, torch.zeros_like(x), x.new_zeros(())
             eps = (g - loc) / torch.exp(log_sigma)

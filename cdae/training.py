@@ -20,6 +20,7 @@ import torch
 from torch.nn import functional as F
 
 from cdae import config as cfg
+from cdae import distributed
 from cdae.checkpoint import config_hash, load_checkpoint, save_checkpoint
 from cdae.counterfactual import to_unit
 from cdae.dataset import Dataset, Split
@@ -70,18 +71,30 @@ class LossParts:
 
 def compute_loss(model: CausalDiffAE, diffusion: GaussianDiffusion, x0: torch.Tensor,
                  y: torch.Tensor, mask: torch.Tensor, step: int, tp: cfg.TrainParams,
-                 gen: torch.Generator) -> LossParts:
+                 gen: torch.Generator, shard: slice | None = None,
+                 global_batch: int | None = None,
+                 reference: torch.Tensor | None = None) -> LossParts:
     """The per-batch loss of METHOD.md.
 
     x0 (B, C, H, W) in [-1, 1]; y (B, K) raw labels; mask (B, K) bool, the FIXED label mask.
     L = mse + beta(step) * kl_weight * [KL(q(u|x) || N(0, I)) + sum_i m_i KL_i(align)]
         + mechanism_weight * NLL(mechanisms on labels). KLs are means over dimensions.
+    Data-parallel: the rows are ``shard`` of a ``global_batch``; the random numbers are drawn for
+    the whole global batch and sliced, so the ranks together reproduce one process's step.
+    ``reference`` (M, K) standardised train labels fix the scale of the monotone prior maps
+    (see :meth:`CausalLayer.mechanism_nll`).
     """
     b, dev = x0.shape[0], x0.device
+    rows = slice(None) if shard is None else shard
+    gb = b if global_batch is None else global_batch
+
+    def draw(fn: Callable[..., torch.Tensor], *shape: int, **kw: Any) -> torch.Tensor:
+        return fn(*kw.pop("args", ()), (gb, *shape), generator=gen, device=dev, **kw)[rows]
+
     mean, logvar = model.encode(x0)
     kl = 0.5 * (mean.square() + logvar.exp() - 1.0 - logvar).mean()
     std = (tp.posterior_var_scale * logvar.exp()).sqrt()
-    flat = mean + std * torch.randn(mean.shape, generator=gen, device=dev)
+    flat = mean + std * draw(torch.randn, mean.shape[1])
     u, style = model.split_latent(flat)
     z = model.causal.causal_layer(u)
 
@@ -93,13 +106,14 @@ def compute_loss(model: CausalDiffAE, diffusion: GaussianDiffusion, x0: torch.Te
     align_per = (z - mu).square().mean(-1) / (2.0 * sigma ** 2)  # (B, K)
     align = (align_per * mask.float()).sum(1).mean()
 
-    mech = model.causal.mechanism_nll(y_norm, mask) if tp.mechanism_weight > 0 else x0.new_zeros(())
+    mech = (model.causal.mechanism_nll(y_norm, mask, reference) if tp.mechanism_weight > 0
+            else x0.new_zeros(()))
 
     c = model.condition(z, style)
-    drop = torch.rand(b, generator=gen, device=dev) < tp.p_uncond
+    drop = draw(torch.rand) < tp.p_uncond
     c = torch.where(drop.unsqueeze(1), model.null(b).to(c.dtype), c)
-    t = torch.randint(0, diffusion.num_timesteps, (b,), generator=gen, device=dev)
-    noise = torch.randn(x0.shape, generator=gen, device=dev)
+    t = draw(torch.randint, args=(0, diffusion.num_timesteps))
+    noise = draw(torch.randn, *x0.shape[1:])
     x_t = diffusion.q_sample(x0, t, noise)
     with torch.autocast(device_type=dev.type, dtype=torch.bfloat16,
                         enabled=dev.type == "cuda" and tp.bf16):
@@ -161,6 +175,24 @@ class _StopFlag:
             signal.signal(s, h)
 
 
+class _LossModule(torch.nn.Module):
+    """The whole training loss as one module, so DistributedDataParallel can wrap it:
+    forward(...) = compute_loss(model, diffusion, ...)."""
+
+    def __init__(self, model: CausalDiffAE, diffusion: GaussianDiffusion,
+                 reference: torch.Tensor) -> None:
+        super().__init__()
+        self.model = model
+        self.diffusion = diffusion
+        self.reference = reference  # (N_train, K) standardised labels, NaN = missing
+
+    def forward(self, x0: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, step: int,
+                tp: cfg.TrainParams, gen: torch.Generator, shard: slice | None,
+                global_batch: int) -> LossParts:
+        return compute_loss(self.model, self.diffusion, x0, y, mask, step, tp, gen, shard,
+                            global_batch, self.reference)
+
+
 @dataclass
 class TrainResult:
     step: int
@@ -168,6 +200,7 @@ class TrainResult:
     seconds: float
     images_per_second: float
     log_rows: list[dict[str, float]]
+    is_main: bool = True  # False on data-parallel ranks other than 0: they write nothing
 
 
 def label_quantiles(labels: np.ndarray, graph: Any) -> list[list[float]]:
@@ -204,6 +237,11 @@ def train(params: cfg.Params, dataset: Dataset, out_dir: Path, *,
     if tp.threads:
         torch.set_num_threads(tp.threads)
     device = select_device(tp.device)
+    dist_info = distributed.setup(device.type, tp.batch_size)
+    if device.type == "cuda" and dist_info.enabled:
+        device = torch.device("cuda", dist_info.local_rank)
+    main = dist_info.is_main
+    shard = dist_info.shard(tp.batch_size) if dist_info.enabled else None
     torch.manual_seed(tp.seed)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -233,6 +271,14 @@ def train(params: cfg.Params, dataset: Dataset, out_dir: Path, *,
                             lr=tp.lr, weight_decay=tp.weight_decay)
     ema = EMA(model, tp.ema_decay)
     diffusion = make_diffusion(params).to(device)
+    with torch.no_grad():
+        reference = model.normalise(labels)  # NaN where a label is missing
+    loss_module: torch.nn.Module = _LossModule(model, diffusion, reference)
+    if dist_info.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        loss_module = DistributedDataParallel(
+            loss_module, device_ids=[device.index] if device.type == "cuda" else None)
     params_dict = cfg.to_dict(params)
     chash = config_hash(params_dict)
     start = 0
@@ -248,13 +294,13 @@ def train(params: cfg.Params, dataset: Dataset, out_dir: Path, *,
             opt.load_state_dict(ck["optimizer"])
             start = int(ck["step"])
             log_rows = list(ck.get("log", []))
-            log.info("resuming from %s at step %d", source, start)
-        else:
+            if main:
+                log.info("resuming from %s at step %d", source, start)
+        elif main:
             log.info("starting afresh: %s was written for other settings", source)
 
-    step_fn = compute_loss
     if tp.compile:
-        model.unet = torch.compile(model.unet)  # type: ignore[assignment]
+        model.unet.compile()  # in place: state_dict keys stay those of the plain module
 
     quantiles = label_quantiles(dataset.labels[train_idx], params.graph)
 
@@ -278,13 +324,19 @@ def train(params: cfg.Params, dataset: Dataset, out_dir: Path, *,
     acc_n = 0
     model.train()
     with _StopFlag() as stop, Progress(tp.steps, "train", unit="step", start=start,
-                                       enabled=show_progress) as bar:
+                                       enabled=show_progress and main) as bar:
         while step < tp.steps:
-            idx = torch.as_tensor(batch_indices(n, tp.batch_size, step, tp.seed), device=device)
+            rows = batch_indices(n, tp.batch_size, step, tp.seed)
+            idx = torch.as_tensor(rows if shard is None else rows[shard], device=device)
             gen = torch.Generator(device=device).manual_seed(tp.seed * 1_000_003 + step)
-            parts = step_fn(model, diffusion, images[idx], labels[idx], mask[idx], step, tp, gen)
+            parts = loss_module(images[idx], labels[idx], mask[idx], step, tp, gen, shard,
+                                tp.batch_size)
             loss = parts.total
-            if not torch.isfinite(loss):
+            bad, signalled = distributed.any_flag(
+                dist_info, [float(not torch.isfinite(loss)), float(stop.signum is not None)],
+                device)
+            if bad:
+                distributed.teardown(dist_info)
                 raise TrainingError(f"non-finite loss ({loss.item()}) at step {step}",
                                     hint=f"lower train.lr; the last good checkpoint is {ck_path}")
             opt.zero_grad(set_to_none=True)
@@ -300,29 +352,32 @@ def train(params: cfg.Params, dataset: Dataset, out_dir: Path, *,
                 acc[k] += getattr(parts, k)
             acc_n += 1
             if step % tp.log_every == 0 or step == tp.steps:
-                row = {"step": float(step), **{k: v / acc_n for k, v in acc.items()},
-                       "beta": beta_at(step, tp)}
+                means = distributed.mean_over_ranks(
+                    dist_info, {k: v / acc_n for k, v in acc.items()}, device)
+                row = {"step": float(step), **means, "beta": beta_at(step, tp)}
                 log_rows.append(row)
-                if on_log is not None:
+                if on_log is not None and main:
                     on_log(row)
                 acc = dict.fromkeys(acc, 0.0)
                 acc_n = 0
             bar.advance(1, loss=loss_value)
-            if stop.signum is not None:
-                save_checkpoint(ck_path, payload(step))
-                log.warning("received signal %d: saved %s at step %d; run `cdae train` again "
-                            "to resume", stop.signum, ck_path, step)
+            if signalled:
+                if main:
+                    save_checkpoint(ck_path, payload(step))
+                    log.warning("received signal %d: saved %s at step %d; run `cdae train` "
+                                "again to resume", stop.signum or signal.SIGTERM, ck_path, step)
                 stopped = True
                 break
-            if step % tp.checkpoint_every == 0 and step < tp.steps:
+            if step % tp.checkpoint_every == 0 and step < tp.steps and main:
                 save_checkpoint(ck_path, payload(step))
     seconds = time.perf_counter() - t0
-    if not stopped:
+    if not stopped and main:
         save_checkpoint(final_path, payload(step))
         if ck_path.exists():
             ck_path.unlink()
+    distributed.teardown(dist_info)
     done = step - start
     ips = done * tp.batch_size / max(seconds, 1e-9)
-    if math.isfinite(ips):
+    if math.isfinite(ips) and main:
         log.info("trained %d steps in %.1f s (%.1f images/s on %s)", done, seconds, ips, device)
-    return TrainResult(step, stopped, seconds, ips, log_rows)
+    return TrainResult(step, stopped, seconds, ips, log_rows, main)

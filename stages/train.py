@@ -24,6 +24,8 @@ def run(params: cfg.Params, *, resume: bool = True) -> dict[str, float]:
     out = ensure_writable_dir(Path(params.paths.model_dir))
     result = train(params, ds, out, resume=resume)
     rows = result.log_rows
+    if not result.is_main:  # data-parallel rank > 0: rank 0 writes the outputs
+        return {"steps": result.step, "rank": "worker"}
     if rows:
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=list(rows[0]))

@@ -104,3 +104,12 @@ def test_ema_forgets_the_initial_weights_of_a_short_run() -> None:
     assert abs(float(ema.shadow["weight"].mean()) - 1.0) < 0.01
     assert ema.decay_at(0) == pytest.approx(0.1)
     assert ema.decay_at(10**6) == 0.999
+
+
+def test_empty_train_split(params, dataset, tmp_path: Path) -> None:
+    from cdae.errors import DataError
+
+    only_test = dataclasses.replace(dataset, split=np.ones_like(dataset.split))
+    with pytest.raises(DataError, match="the train split is empty"):
+        train(params, only_test, tmp_path / "z", show_progress=False)
+    assert not (tmp_path / "z/model.pt").exists()
