@@ -32,6 +32,9 @@ ParamsOpt = typer.Option(Path("params.yaml"), "--params", help="params file to r
 ProfileOpt = typer.Option(None, "--profile", help="profile from params.yaml's `profiles` "
                           "(overrides `profile:`)")
 JsonOpt = typer.Option(False, "--json", help="print the result as JSON on stdout")
+ShardOpt = typer.Option(None, "--shard", help="INDEX/COUNT: process one slice of the images "
+                        "(SLURM arrays; torchrun ranks do this by themselves); join the "
+                        "outputs with `cdae merge`")
 
 
 def _version(value: bool) -> None:
@@ -113,6 +116,7 @@ def train(params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt,
     """Train the Causal Diffusion Autoencoder; checkpoint, resume, stop cleanly on SIGTERM.
 
     Example: cdae train --steps 500 --device cpu
+    Data-parallel (gloo on CPU, NCCL on GPUs): torchrun --nproc_per_node 4 -m cdae train
     """
     def go():
         from dataclasses import replace
@@ -124,7 +128,8 @@ def train(params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt,
         p = replace(p, train=config.override(p.train, "train", steps=steps, device=device))
         return stage.run(p, resume=resume)
 
-    _emit(_run(go), as_json, lambda r: f"trained {r['steps']} steps in {r['seconds']} s "
+    _emit(_run(go), as_json, lambda r: f"data-parallel worker done at step {r['steps']}"
+          if r.get("rank") == "worker" else f"trained {r['steps']} steps in {r['seconds']} s "
           f"({r['images_per_second']} images/s), final loss {r['final_loss']:.4f}")
 
 
@@ -133,18 +138,40 @@ def encode_latents(params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt
                    split: Optional[str] = typer.Option(None, help="train or test"),
                    steps: Optional[int] = typer.Option(None, help="DDIM inversion steps"),
                    out: Optional[Path] = typer.Option(None, help="output HDF5 file"),
+                   shard: Optional[str] = ShardOpt,
                    as_json: bool = JsonOpt) -> None:
     """Cache u, z and the DDIM-inverted x_T of a split in HDF5 (reused by intervene).
 
     Example: cdae encode-latents --split test --steps 50
+    SLURM array: cdae encode-latents --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT,
+    then cdae merge data/latents.h5 data/latents.shard-*.h5
     """
     def go():
         from stages import encode_latents as stage
 
         return stage.run(_params(params, profile), split=split, steps=steps,
-                         out=str(out) if out else None)
+                         out=str(out) if out else None, shard=shard)
 
     _emit(_run(go), as_json, lambda r: f"wrote {r['path']}: {r['images']} images")
+
+
+@app.command()
+def merge(out: Path = typer.Argument(..., help="the merged HDF5 file to write"),
+          parts: list[Path] = typer.Argument(..., help="the shard files (any order)"),
+          as_json: bool = JsonOpt) -> None:
+    """Merge the shard files of a sharded encode-latents or intervene run into one file,
+    identical to what the unsharded run writes.
+
+    Example: cdae merge data/latents.h5 data/latents.shard-*.h5
+    """
+    def go():
+        from cdae.shards import merge as merge_files
+
+        r = merge_files(parts, out)
+        return {"path": str(out), **r}
+
+    _emit(_run(go), as_json, lambda r: f"wrote {r['path']}: {r['images']} images from "
+          f"{r['shards']} shards")
 
 
 def _format_intervention(r: dict[str, Any]) -> str:
@@ -167,10 +194,40 @@ def _format_intervention(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _format_sweep(r: dict[str, Any]) -> str:
+    """A table: one row per value, one column per variable (mean counterfactual parents)."""
+    var, variables = r["var"], r["variables"]
+    unit = variables[var]["unit"]
+    lines = [f"wrote {r['path']}: {r['images']} images x {len(r['values'])} values of {var} "
+             f"({r['values'][0]:g} .. {r['values'][-1]:g}{' ' + unit if unit else ''}), "
+             f"counterfactuals {tuple(r['shape'])}",
+             f"  abduction {r['abduction']} once per image (parents from {r['parents_from']}), "
+             f"{r['steps']} DDIM steps, guidance {r['guidance']:g}",
+             "  parent values, mean over images:"]
+    shown = [n for n, v in variables.items() if n == var or not v["categorical"]]
+    heads = [f"{n} [{variables[n]['unit']}]" if variables[n]["unit"] else n for n in shown]
+    widths = [max(len(h), 10) for h in heads]
+    lines.append("    " + f"{'':<16}" + "  ".join(f"{h:>{w}}" for h, w in zip(heads, widths)))
+    lines.append("    " + f"{'factual':<16}" + "  ".join(
+        f"{variables[n]['factual_mean']:>{w}.3f}" for n, w in zip(shown, widths)))
+    for step in r["sweep"]:
+        label = f"do({var}={step['value']:g})"
+        lines.append("    " + f"{label:<16}" + "  ".join(
+            f"{step['parents'][n]:>{w}.3f}" for n, w in zip(shown, widths)))
+    lines.append("  " + "; ".join(f"{n}: {v['role']}" for n, v in variables.items()))
+    for w in r.get("warnings", []):
+        lines.append(f"  warning: {w}")
+    return "\n".join(lines)
+
+
 @app.command()
 def intervene(params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt,
               var: Optional[str] = typer.Option(None, "--var", help="variable to intervene on"),
               value: Optional[str] = typer.Option(None, "--value", help="its new raw value"),
+              values: Optional[str] = typer.Option(
+                  None, "--values", help="a sweep of --var: START:STOP:COUNT (COUNT values, "
+                  "both ends included) or a list 1,2,3; abducts once, writes one file "
+                  "(default sweep_VAR.h5) with counterfactuals (V, N, C, H, W)"),
               do: list[str] = typer.Option([], "--do", help="VAR=VALUE, repeatable"),
               name: Optional[str] = typer.Option(None, "--name", help="an intervention listed "
                                                  "in params intervene.interventions, or the "
@@ -188,12 +245,29 @@ def intervene(params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt,
 
     Examples: cdae intervene --var thickness --value 2.0 ;
     cdae intervene --do thickness=3.5 --do intensity=150 --guidance 1 ;
-    cdae intervene --name thickness_2  (as listed in params.yaml)
+    cdae intervene --name thickness_2  (as listed in params.yaml) ;
+    cdae intervene --var thickness --values 1.0:4.0:7  (a sweep -> sweep_thickness.h5;
+    `cdae render` draws it as reports/figures/traversal_thickness.png)
     """
     def go():
         from cdae.errors import InterventionError
         from stages import intervene as stage
 
+        if values is not None:
+            if value is not None or do:
+                raise InterventionError("--values sweeps one --var; it does not go with --value "
+                                        "or --do", hint="e.g. --var thickness --values 1.0:4.0:7")
+            if var is None:
+                raise InterventionError("--values needs --var",
+                                        hint="e.g. --var thickness --values 1.0:4.0:7")
+            p = _params(params, profile)
+            from cdae.counterfactual import parse_values
+
+            sweep = parse_values(values, var, p.graph)
+            return stage.run_sweep(p, var, sweep, name=name, out=str(out) if out else None,
+                                   strict=strict, guidance=guidance, steps=steps,
+                                   abduction=abduction, parents_from=parents_from,
+                                   max_images=max_images)
         p = _params(params, profile)
         items = list(do)
         if (var is None) != (value is None):
@@ -218,21 +292,38 @@ def intervene(params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt,
                          guidance=guidance, steps=steps, abduction=abduction,
                          parents_from=parents_from, max_images=max_images)
 
-    _emit(_run(go), as_json, _format_intervention)
+    def text(r: dict[str, Any]) -> str:
+        from stages.intervene import FileKind
+
+        return _format_sweep(r) if r["kind"] == FileKind.SWEEP else _format_intervention(r)
+
+    _emit(_run(go), as_json, text)
 
 
 @app.command()
 def render(params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt,
            rows: Optional[int] = typer.Option(None, help="images (rows) per grid"),
+           sweep: list[Path] = typer.Option(
+               [], "--sweep", help="sweep file(s) of `cdae intervene --values` to draw as "
+               "traversal strips (repeatable); default: every sweep file in the "
+               "counterfactuals folder"),
            as_json: bool = JsonOpt) -> None:
-    """PNG grids: each row a factual image and its counterfactuals, annotated with parents.
+    """PNG figures annotated with parent values and units: counterfactuals.png (each row a
+    factual image and its counterfactuals, one column per intervention file in the
+    counterfactuals folder) and, per sweep file, traversal_VAR.png (each row a factual image,
+    then the same digit at increasing values of VAR).
 
-    Example: cdae render --rows 8
+    Sweep files in the counterfactuals folder are found by themselves; --sweep names others
+    (then only those are drawn).
+
+    Examples: cdae render --rows 8 ;
+    cdae intervene --var thickness --values 1:4:7 && cdae render
     """
     def go():
         from stages import render as stage
 
-        return stage.run(_params(params, profile), rows=rows)
+        return stage.run(_params(params, profile), rows=rows,
+                         sweeps=[str(s) for s in sweep] or None)
 
     _emit(_run(go), as_json, lambda r: "\n".join(f"wrote {f}" for f in r["figures"]))
 
@@ -253,6 +344,31 @@ def evaluate(params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt,
         from stages.evaluate import format_metrics
 
         return format_metrics(r)
+
+    _emit(_run(go), as_json, text)
+
+
+@app.command()
+def report(params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt,
+           out: Optional[Path] = typer.Option(None, help="output HTML file (default "
+                                              "paths.report_dir/report.html)"),
+           as_json: bool = JsonOpt) -> None:
+    """One offline HTML page: causal graph, training loss, figures, metrics with meanings.
+
+    Images are embedded (no network, no JavaScript): the file can be mailed or archived alone.
+    Parts whose inputs are missing (no metrics yet, say) are named in the page.
+
+    Example: cdae report && chromium reports/report.html
+    """
+    def go():
+        from stages import report as stage
+
+        return stage.run(_params(params, profile), out=str(out) if out else None)
+
+    def text(r: dict[str, Any]) -> str:
+        lines = [f"wrote {r['path']}: {r['images']} images, {len(r['metrics'])} metrics"]
+        lines += [f"  missing: {m}" for m in r["missing"]]
+        return "\n".join(lines)
 
     _emit(_run(go), as_json, text)
 

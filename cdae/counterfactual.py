@@ -45,6 +45,53 @@ def parse_do(items: Iterable[str], graph: CausalGraph) -> dict[str, float]:
     return out
 
 
+_SWEEP_HINT = "write START:STOP:COUNT (COUNT values, both ends included), e.g. 1.0:4.0:7, " \
+    "or a list, e.g. 1,2,3"
+
+
+def parse_values(spec: str, name: str, graph: CausalGraph) -> list[float]:
+    """Parse the sweep ``--values`` of variable ``name`` into raw values (the variable's unit).
+
+    ``START:STOP:COUNT`` gives COUNT evenly spaced values, both ends included (like
+    ``numpy.linspace``); ``1,2.5,3`` gives the listed values in that order. A sweep has at least
+    2 values; each is validated as in ``--do`` (a finite number, one of a categorical variable's
+    classes). Raises InterventionError naming the problem.
+    """
+    graph.require(name)
+    text = spec.strip()
+    if ":" in text:
+        parts = [p.strip() for p in text.split(":")]
+        if len(parts) != 3 or not all(parts) or "," in text:
+            raise InterventionError(f"--values '{spec}' is malformed", hint=_SWEEP_HINT)
+        start, stop, count_text = parts
+        try:
+            count = int(count_text)
+        except ValueError:
+            raise InterventionError(f"--values '{spec}': COUNT '{count_text}' is not an integer",
+                                    hint=_SWEEP_HINT) from None
+        if count < 2:
+            raise InterventionError(f"--values '{spec}': COUNT must be at least 2, got {count}",
+                                    hint=_SWEEP_HINT)
+        ends: dict[str, float] = {}
+        add_intervention(ends, name, start, graph)
+        lo = ends.pop(name)
+        add_intervention(ends, name, stop, graph)
+        raw: list[str | float] = [float(v) for v in np.linspace(lo, ends[name], count)]
+    else:
+        raw = [p.strip() for p in text.split(",")]
+        if not all(raw):
+            raise InterventionError(f"--values '{spec}' is malformed", hint=_SWEEP_HINT)
+        if len(raw) < 2:
+            raise InterventionError(f"--values '{spec}' holds one value",
+                                    hint="a sweep needs at least 2; for one use --value")
+    out = []
+    for v in raw:
+        one: dict[str, float] = {}
+        add_intervention(one, name, v, graph)
+        out.append(one[name])
+    return out
+
+
 def add_intervention(do: dict[str, float], name: str, value: str | float,
                      graph: CausalGraph) -> None:
     """Validate one (variable, value) pair and add it to ``do`` (in place)."""

@@ -9,9 +9,12 @@ Layout::
     /split        uint8   (N,)           0 = train, 1 = test
     /noise        float64 (N, M)         exogenous noise of the generating SCM (generated data)
     /base_index   int64   (N,)           row of /base_images the example was made from
-    /base_images  uint8   (B, C, H, W)   base digits / scenes (generated data)
+    /base_images  uint8   (B, C, H, W)   base digits (generated data whose SCM draws on base
+                                         images; absent, with /base_index, for an SCM that
+                                         makes its own scenes, e.g. pendulum)
     attrs: schema_version, graph (JSON), label_mean, label_std (K, train split, continuous only;
-           0/1 for categorical), noise_names (JSON), scm, source, cdae_version
+           0/1 for categorical), noise_names (JSON), scm, source, cdae_version,
+           data_params (JSON of the validated ``data`` params that made it; "" if unknown)
 
 Readers validate shapes, dtypes and ranges before use and raise DataError naming the file.
 """
@@ -61,6 +64,7 @@ class Dataset:
     base_images: np.ndarray | None = None
     scm: str = ""
     source: str = ""
+    data_params: str = ""  # JSON of the `data` params that made the file ("" = unknown)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -117,6 +121,7 @@ def write_dataset(path: str | Path, ds: Dataset, *, cdae_version: str = "") -> N
             f.attrs["noise_names"] = json.dumps(list(ds.noise_names))
             f.attrs["scm"] = ds.scm
             f.attrs["source"] = ds.source
+            f.attrs["data_params"] = ds.data_params
             f.attrs["cdae_version"] = cdae_version
 
 
@@ -196,6 +201,7 @@ def read_dataset(path: str | Path) -> Dataset:
                 base_images=f["base_images"][()] if "base_images" in f else None,
                 scm=str(f.attrs.get("scm", "")),
                 source=str(f.attrs.get("source", "")),
+                data_params=str(f.attrs.get("data_params", "")),
             )
     except DataError:
         raise

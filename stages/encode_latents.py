@@ -1,13 +1,15 @@
 """Stage `encode-latents`: u, z and the DDIM-inverted x_T of every image of a split -> HDF5.
 
-Layout of the latents file (schema 1), N images of the split (``encode.max_images`` first)::
+Layout of the latents file (schema 1), N images of the split (``encode.max_images`` drawn with a
+fixed seed)::
 
     /index    int64   (N,)          rows of the dataset file
     /u        float32 (N, K, d)     abducted exogenous noise
     /z        float32 (N, K, d)     factual latents
     /parents  float32 (N, K)        factual parents used (raw units)
     /x_T      float32 (N, C, H, W)  DDIM inversion with the factual condition, chunked
-    attrs: schema_version, split, steps, abduction, parents_from, checkpoint_sha256, names
+    attrs: schema_version, split, steps, abduction, inversion_iters, parents_from,
+           checkpoint_sha256, names, per_image (+ shard, shard_rows in a shard's file)
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ import numpy as np
 from cdae import config as cfg
 from cdae.atomic import atomic_path
 from cdae.progress import Progress, log
+from cdae.shards import parse_shard, shard_attrs
 
 SCHEMA_VERSION = 1
+PER_IMAGE = ("index", "u", "z", "parents", "x_T")  # datasets whose first axis runs over images
 
 
 def file_sha256(path: str | Path) -> str:
@@ -49,7 +53,12 @@ def select(ds, split: str, max_images: int) -> np.ndarray:
 
 
 def run(params: cfg.Params, *, split: str | None = None, steps: int | None = None,
-        out: str | None = None) -> dict[str, object]:
+        out: str | None = None, shard: str | None = None) -> dict[str, object]:
+    """Write u, z, parents and x_T of the selected images of a split to the latents file.
+
+    ``shard`` "i/n" (or the torchrun rank) processes one contiguous run of whole batches and
+    writes ``<latents>.shard-i-of-n.h5`` (or ``out``); ``cdae merge`` joins the shards into the
+    file the unsharded run writes."""
     import h5py
     import torch
 
@@ -65,15 +74,18 @@ def run(params: cfg.Params, *, split: str | None = None, steps: int | None = Non
     from stages.intervene import check_compatible
 
     check_compatible(engine, ds.graph, str(params.paths.dataset), model_path, ds.image_shape)
-    idx = select(ds, ep.split, ep.max_images)
+    part = parse_shard(shard)
+    idx_all = select(ds, ep.split, ep.max_images)
+    rows_sel = part.rows(idx_all.size, ep.batch_size)
+    idx = idx_all[rows_sel]
     k, d = len(engine.graph.names), engine.model.d
-    target = Path(out or params.paths.latents)
+    target = Path(out) if out else part.path(Path(params.paths.latents))
     c, h, w = ds.image_shape
     use_labels = ip.parents_from is cfg.ParentsFrom.LABELS
     with atomic_path(target) as tmp, h5py.File(tmp, "w") as f, \
             Progress(idx.size, "encode-latents", unit="img") as bar:
         f.create_dataset("index", data=idx.astype(np.int64))
-        chunk = min(ep.batch_size, idx.size)
+        chunk = max(1, min(ep.batch_size, idx.size))
         du = f.create_dataset("u", (idx.size, k, d), np.float32, chunks=(chunk, k, d))
         dz = f.create_dataset("z", (idx.size, k, d), np.float32, chunks=(chunk, k, d))
         dp = f.create_dataset("parents", (idx.size, k), np.float32)
@@ -95,9 +107,10 @@ def run(params: cfg.Params, *, split: str | None = None, steps: int | None = Non
                         "inversion_iters": engine.inversion_iters,
                         "parents_from": ip.parents_from.value,
                         "checkpoint_sha256": file_sha256(model_path),
-                        "names": json.dumps(list(engine.graph.names))})
-    log.info("wrote %s: %d images of the %s split (DDIM inversion, %d steps)", target, idx.size,
-             ep.split, ep.steps)
+                        "names": json.dumps(list(engine.graph.names)),
+                        **shard_attrs(part, rows_sel, {n: 0 for n in PER_IMAGE})})
+    log.info("wrote %s: %d images of the %s split (DDIM inversion, %d steps%s)", target,
+             idx.size, ep.split, ep.steps, f", shard {part}" if part.enabled else "")
     return {"path": str(target), "images": int(idx.size), "steps": ep.steps}
 
 

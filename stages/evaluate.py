@@ -3,9 +3,10 @@
 Protocol (EVALUATION.md): the first ``evaluate.max_images`` images of the test split. For
 do(thickness) and do(intensity), one value per image drawn from the TRAIN marginal of that
 variable (seeded). Targets: the intervened value, and for the other variables the TRUE SCM's
-counterfactual with the true (stored) noise. Attributes are MEASURED on the images with the
-Morpho-MNIST morphometrics. Every row is reported beside the same images' "do nothing"
-(x* = x) and "true mechanism" (the generator's own counterfactual image) rows.
+counterfactual with the true (stored) noise. Attributes are MEASURED on the images by the
+generator (Morpho-MNIST morphometrics for the default dataset). Every row is reported beside the
+same images' "do nothing" (x* = x) and "true mechanism" (the generator's own counterfactual
+image) rows.
 """
 
 from __future__ import annotations
@@ -40,10 +41,14 @@ def run(params: cfg.Params) -> dict[str, object]:
     ep = params.evaluate
     ip = params.intervene
     ds = read_dataset(params.paths.dataset)
-    if ds.noise is None or ds.base_images is None or not ds.scm:
+    # the generator with the settings that made the file (image size, label units), if stored
+    data = (cfg.data_from_json(ds.data_params, str(params.paths.dataset)) if ds.data_params
+            else params.data)
+    own_scenes = ds.source == cfg.DataSource.SCENES.value  # no base images by design
+    if ds.noise is None or not ds.scm or (ds.base_images is None and not own_scenes):
         raise DataError(f"{params.paths.dataset}: has no stored SCM noise and base images",
                         hint="evaluate needs a generated dataset (prepare-data with an SCM)")
-    gen = make_generator(cfg.SCMKind(ds.scm))
+    gen = make_generator(cfg.SCMKind(ds.scm), data)
     engine = CounterfactualEngine.load(Path(params.paths.model_dir) / "model.pt")
     engine.inversion_iters = params.diffusion.inversion_iters
     from stages.intervene import check_compatible
@@ -57,7 +62,8 @@ def run(params: cfg.Params) -> dict[str, object]:
     train_rows = ds.indices(Split.TRAIN)
     labels = {name: ds.labels[rows, j] for j, name in enumerate(names)}
     noise = ds.noise[rows]
-    base = ds.base_images[ds.base_index[rows]]
+    base = (ds.base_images[ds.base_index[rows]]
+            if ds.base_images is not None and ds.base_index is not None else None)
     x_np = ds.images[rows]
     x = to_unit(x_np).to(engine.device)
     y = torch.as_tensor(ds.labels[rows], dtype=torch.float32, device=engine.device)
@@ -118,7 +124,7 @@ def run(params: cfg.Params) -> dict[str, object]:
         "abduction": "invert", "parents_from": "labels",
         "parent_error_from": "labels and image (encoder), both reported",
         "values": "one per image from the train marginal of the intervened variable",
-        "attributes": "measured (Morpho-MNIST morphometrics, DATA.md)",
+        "attributes": f"measured ({gen.measurement})",
         "units": {m: ds.graph.variable(m).unit for m in names},
         "seed": ep.seed, "model_step": engine.step,
     }

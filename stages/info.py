@@ -50,6 +50,11 @@ def describe(path: str | Path) -> dict[str, object]:
                         "graph": ds.graph.describe()}
             kind = "counterfactuals" if "counterfactual" in f else "latents" \
                 if "x_T" in f else "hdf5"
+            if kind == "counterfactuals":
+                from stages.intervene import FileKind, file_kind
+
+                if file_kind(f.attrs) is FileKind.SWEEP:
+                    kind = "sweep"
             return {"kind": kind, "path": str(p),
                     "datasets": {k: [list(f[k].shape), str(f[k].dtype)] for k in f},
                     "attrs": {k: (v.item() if hasattr(v, "item") else str(v))

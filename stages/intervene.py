@@ -1,6 +1,6 @@
-"""Stage `intervene`: counterfactuals of a split's images under one do-intervention -> HDF5.
+"""Stage `intervene`: counterfactuals of a split's images under do-interventions -> HDF5.
 
-Output layout (one file per intervention)::
+Output layout of one intervention (``cdae intervene --var/--do/--name``)::
 
     /index            int64   (N,)          dataset rows
     /factual          uint8   (N, C, H, W)
@@ -8,7 +8,19 @@ Output layout (one file per intervention)::
     /parents_factual  float32 (N, K)        raw units; what the model used as factual parents
     /parents_cf       float32 (N, K)        raw units; intervened values and what the learned
                                             mechanisms propagate to descendants
-    attrs: name, do (JSON), names (JSON), guidance, steps, abduction, parents_from, model_step
+    attrs: kind "intervention", name, do (JSON), names (JSON), units (JSON), guidance, steps,
+           abduction, parents_from, model_step
+
+A sweep (``cdae intervene --var V --values 1.0:4.0:7``) is one file for V values of one
+variable, the same images abducted once::
+
+    /index, /factual, /parents_factual   as above
+    /values           float32 (V,)          raw units of ``var``, in the order given
+    /counterfactual   uint8   (V, N, C, H, W)
+    /parents_cf       float32 (V, N, K)     parents_cf[v, :, var] == values[v]
+    attrs: kind "sweep", var, do (JSON {var: [values]}), and the attrs above
+
+Files written before ``kind`` existed have no such attr: they are interventions.
 
 When the latents file of `encode-latents` matches (same checkpoint, DDIM steps and parents
 source, abduction ``invert``), its x_T is reused and only decoding runs.
@@ -18,7 +30,10 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -27,7 +42,41 @@ from cdae.atomic import atomic_path
 from cdae.errors import InterventionError
 from cdae.progress import Progress, log
 
+if TYPE_CHECKING:  # heavy (torch): imported inside the functions at run time
+    import torch
+
+    from cdae.counterfactual import CounterfactualEngine, Factual
+    from cdae.dataset import Dataset
+
 _SAFE = re.compile(r"[^A-Za-z0-9_.=+-]")
+
+
+class FileKind(str, Enum):
+    """What an intervene output file holds (its ``kind`` attr)."""
+
+    INTERVENTION = "intervention"  # one do(...) for N images
+    SWEEP = "sweep"  # V values of one variable for the same N images
+
+
+class Role(str, Enum):
+    """What a sweep does to a variable."""
+
+    SET = "set by do"
+    PROPAGATED = "propagated by the learned mechanism"
+    UNCHANGED = "unchanged"
+
+
+def file_kind(attrs: Any) -> FileKind:
+    """Kind of an intervene output from its HDF5 attrs (no ``kind`` attr: an intervention)."""
+    raw = attrs.get("kind", FileKind.INTERVENTION.value)
+    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+    try:
+        return FileKind(text)
+    except ValueError:
+        from cdae.errors import DataError
+
+        raise DataError(f"unknown counterfactual file kind '{text}'",
+                        hint="re-run `cdae intervene`") from None
 
 
 def default_name(do: dict[str, float]) -> str:
@@ -83,46 +132,122 @@ def check_compatible(engine, graph, where: str, model_path: Path,
                         f"{where} holds {tuple(image_shape)}", hint="re-run `cdae train`")
 
 
+@dataclass
+class _Setup:
+    """What every counterfactual run over a split needs: engine, dataset rows, cached x_T."""
+
+    engine: CounterfactualEngine
+    ds: Dataset
+    ip: cfg.InterveneParams
+    rows: np.ndarray  # (N,) dataset rows
+    cache: dict[str, np.ndarray] | None  # encode-latents' u, z, x_T, parents when they match
+    generator: torch.Generator  # for noise abduction
+
+
+def _setup(params: cfg.Params, label: str,
+           validate: Callable[[CounterfactualEngine], list[str]],
+           **overrides: object) -> tuple[_Setup, list[str]]:
+    """Load the model, ``validate(engine)`` the intervention (its warnings are returned), then
+    the data; check they fit; choose the rows and the x_T cache."""
+    import torch
+
+    from cdae.counterfactual import CounterfactualEngine
+    from cdae.dataset import read_dataset
+    from stages.encode_latents import load_cached, select
+
+    ip = cfg.override(params.intervene, "intervene", **overrides)
+    model_path = Path(params.paths.model_dir) / "model.pt"
+    engine = CounterfactualEngine.load(model_path)
+    engine.inversion_iters = params.diffusion.inversion_iters
+    notes = validate(engine)
+    ds = read_dataset(params.paths.dataset)
+    check_compatible(engine, params.graph, "params.yaml", model_path)
+    check_compatible(engine, ds.graph, str(params.paths.dataset), model_path, ds.image_shape)
+    rows = select(ds, ip.split, ip.max_images)
+    cache = None
+    if ip.abduction is cfg.Abduction.INVERT:
+        cache = load_cached(params.paths.latents, model_path, rows, ip.steps, ip.parents_from,
+                            engine.inversion_iters)
+    log.info("%s on %d images (%s abduction%s, %d DDIM steps, guidance %g)", label,
+             rows.size, ip.abduction.value, ", cached x_T" if cache else "", ip.steps,
+             ip.guidance)
+    gen = torch.Generator(device=engine.device).manual_seed(params.seed)
+    return _Setup(engine, ds, ip, rows, cache, gen), notes
+
+
+def _abduct_batch(s: _Setup, sel: np.ndarray, sl: slice) -> Factual:
+    """Abduction for dataset rows ``sel`` (positions ``sl`` in ``s.rows``) -> Factual."""
+    import torch
+
+    from cdae.counterfactual import Factual, to_unit
+
+    engine, ip = s.engine, s.ip
+    x = to_unit(s.ds.images[sel]).to(engine.device)
+    if s.cache is not None:
+        dev = engine.device
+        z = torch.as_tensor(s.cache["z"][sl], device=dev)
+        fact = Factual(u=torch.as_tensor(s.cache["u"][sl], device=dev), z=z, style=None,
+                       x_T=torch.as_tensor(s.cache["x_T"][sl], device=dev),
+                       parents=torch.as_tensor(s.cache["parents"][sl], device=dev),
+                       from_labels=torch.zeros(z.shape[:2], dtype=torch.bool))
+        if engine.model.style_dim:
+            _, style = engine.model.split_latent(engine.model.encode(x)[0])
+            fact.style = style
+        return fact
+    y = (torch.as_tensor(s.ds.labels[sel], dtype=torch.float32, device=engine.device)
+         if ip.parents_from is cfg.ParentsFrom.LABELS else None)
+    return engine.abduct(x, y, steps=ip.steps, abduction=ip.abduction, t0=ip.t0,
+                         generator=s.generator)
+
+
+def _act_predict(s: _Setup, fact: Factual,
+                 do: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Action and prediction for one batch: uint8 images (B, C, H, W) and counterfactual
+    parents (B, K) in raw units (intervened values exact, descendants as the mechanisms say)."""
+    from cdae.counterfactual import to_uint8
+
+    engine, ip = s.engine, s.ip
+    z_cf = engine.intervene(fact, do)
+    x_cf = engine.predict(fact, z_cf, steps=ip.steps, guidance=ip.guidance,
+                          abduction=ip.abduction, t0=ip.t0)
+    pc = engine.model.read_labels(z_cf)
+    for var, value in do.items():
+        pc[:, engine.graph.index(var)] = value
+    return to_uint8(x_cf), pc.cpu().numpy()
+
+
+def _settings_attrs(s: _Setup, name: str, kind: FileKind) -> dict[str, object]:
+    graph = s.engine.graph
+    return {"kind": kind.value, "name": name, "names": json.dumps(list(graph.names)),
+            "units": json.dumps([graph.variable(n).unit for n in graph.names]),
+            "guidance": s.ip.guidance, "steps": s.ip.steps, "abduction": s.ip.abduction.value,
+            "parents_from": s.ip.parents_from.value, "model_step": s.engine.step}
+
+
 def run(params: cfg.Params, do: dict[str, float], *, name: str | None = None,
         out: str | None = None, strict: bool = False, guidance: float | None = None,
         steps: int | None = None, abduction: cfg.Abduction | None = None,
         parents_from: cfg.ParentsFrom | None = None,
         max_images: int | None = None) -> dict[str, object]:
+    """Counterfactuals of the split's images under ``do`` ({variable: raw value}) -> one file."""
     import h5py
-    import torch
 
-    from cdae.counterfactual import CounterfactualEngine, Factual, to_uint8, to_unit
-    from cdae.dataset import read_dataset
-    from stages.encode_latents import load_cached, select
-
-    ip = cfg.override(params.intervene, "intervene", guidance=guidance, steps=steps,
-                      abduction=abduction, parents_from=parents_from, max_images=max_images)
-    model_path = Path(params.paths.model_dir) / "model.pt"
-    name = name or default_name(do)
-    target = Path(out) if out else output_path(params.paths.counterfactuals_dir, name)
-    engine = CounterfactualEngine.load(model_path)
-    engine.inversion_iters = params.diffusion.inversion_iters
-    checked: dict[str, float] = {}
     from cdae.counterfactual import add_intervention
 
-    for k, v in do.items():
-        add_intervention(checked, k, v, engine.graph)
-    notes = check_support(engine, checked, strict)
-    ds = read_dataset(params.paths.dataset)
-    check_compatible(engine, params.graph, "params.yaml", model_path)
-    check_compatible(engine, ds.graph, str(params.paths.dataset), model_path, ds.image_shape)
-    rows = select(ds, ip.split, ip.max_images)
-    use_labels = ip.parents_from is cfg.ParentsFrom.LABELS
-    cache = None
-    if ip.abduction is cfg.Abduction.INVERT:
-        cache = load_cached(params.paths.latents, model_path, rows, ip.steps, ip.parents_from,
-                            engine.inversion_iters)
-    log.info("intervene %s on %d images (%s abduction%s, %d DDIM steps, guidance %g)", name,
-             rows.size, ip.abduction.value, ", cached x_T" if cache else "", ip.steps,
-             ip.guidance)
+    name = name or default_name(do)
+    target = Path(out) if out else output_path(params.paths.counterfactuals_dir, name)
+    checked: dict[str, float] = {}
+
+    def validate(engine: CounterfactualEngine) -> list[str]:
+        for k, v in do.items():
+            add_intervention(checked, k, v, engine.graph)
+        return check_support(engine, checked, strict)
+
+    s, notes = _setup(params, f"intervene {name}", validate, guidance=guidance, steps=steps,
+                      abduction=abduction, parents_from=parents_from, max_images=max_images)
+    engine, ds, ip, rows = s.engine, s.ds, s.ip, s.rows
     c, h, w = ds.image_shape
     k = len(engine.graph.names)
-    gen = torch.Generator(device=engine.device).manual_seed(params.seed)
     with atomic_path(target) as tmp, h5py.File(tmp, "w") as f, \
             Progress(rows.size, f"intervene {name}", unit="img") as bar:
         f.create_dataset("index", data=rows.astype(np.int64))
@@ -133,39 +258,16 @@ def run(params: cfg.Params, do: dict[str, float], *, name: str | None = None,
         for lo in range(0, rows.size, ip.batch_size):
             sel = rows[lo:lo + ip.batch_size]
             sl = slice(lo, lo + sel.size)
-            x = to_unit(ds.images[sel]).to(engine.device)
-            if cache is not None:
-                dev = engine.device
-                z = torch.as_tensor(cache["z"][sl], device=dev)
-                fact = Factual(u=torch.as_tensor(cache["u"][sl], device=dev), z=z, style=None,
-                               x_T=torch.as_tensor(cache["x_T"][sl], device=dev),
-                               parents=torch.as_tensor(cache["parents"][sl], device=dev),
-                               from_labels=torch.zeros(z.shape[:2], dtype=torch.bool))
-                if engine.model.style_dim:
-                    _, style = engine.model.split_latent(engine.model.encode(x)[0])
-                    fact.style = style
-            else:
-                y = (torch.as_tensor(ds.labels[sel], dtype=torch.float32, device=engine.device)
-                     if use_labels else None)
-                fact = engine.abduct(x, y, steps=ip.steps, abduction=ip.abduction, t0=ip.t0,
-                                     generator=gen)
-            z_cf = engine.intervene(fact, checked)
-            x_cf = engine.predict(fact, z_cf, steps=ip.steps, guidance=ip.guidance,
-                                  abduction=ip.abduction, t0=ip.t0)
-            dcf[sl] = to_uint8(x_cf)
+            fact = _abduct_batch(s, sel, sl)
+            dcf[sl], dpc[sl] = _act_predict(s, fact, checked)
             dpf[sl] = fact.parents.cpu().numpy()
-            pc = engine.model.read_labels(z_cf)
-            for var, value in checked.items():
-                pc[:, engine.graph.index(var)] = value
-            dpc[sl] = pc.cpu().numpy()
             bar.advance(sel.size)
         pf, pcf = dpf[()], dpc[()]
-        f.attrs.update({"name": name, "do": json.dumps(checked),
-                        "names": json.dumps(list(engine.graph.names)), "guidance": ip.guidance,
-                        "steps": ip.steps, "abduction": ip.abduction.value,
-                        "parents_from": ip.parents_from.value, "model_step": engine.step})
+        f.attrs.update(_settings_attrs(s, name, FileKind.INTERVENTION))
+        f.attrs["do"] = json.dumps(checked)
     summary = {
-        "name": name, "path": str(target), "images": int(rows.size), "do": checked,
+        "name": name, "path": str(target), "kind": FileKind.INTERVENTION.value,
+        "images": int(rows.size), "do": checked,
         "guidance": ip.guidance, "steps": ip.steps, "abduction": ip.abduction.value,
         "parents_from": ip.parents_from.value, "warnings": notes,
         "parents": {n: {"factual_mean": float(np.mean(pf[:, j])),
@@ -179,3 +281,84 @@ def run(params: cfg.Params, do: dict[str, float], *, name: str | None = None,
                       for j, n in enumerate(engine.graph.names)} for i in range(min(5, rows.size))],
     }
     return summary
+
+
+def run_sweep(params: cfg.Params, var: str, values: list[float], *, name: str | None = None,
+              out: str | None = None, strict: bool = False, guidance: float | None = None,
+              steps: int | None = None, abduction: cfg.Abduction | None = None,
+              parents_from: cfg.ParentsFrom | None = None,
+              max_images: int | None = None) -> dict[str, object]:
+    """Counterfactuals of the same images under do(var=v) for each of ``values`` (raw units).
+
+    Abduction (the DDIM inversion) runs once per batch; action and prediction once per value.
+    Writes one file (layout in the module docstring): counterfactual (V, N, C, H, W), values
+    (V,), parents_cf (V, N, K).
+    """
+    import h5py
+
+    from cdae.counterfactual import add_intervention
+
+    graph = params.graph
+    graph.require(var)
+    if len(values) < 2:
+        raise InterventionError(f"a sweep of '{var}' needs at least 2 values, got {len(values)}",
+                                hint="e.g. --values 1.0:4.0:7")
+    name = name or f"sweep_{var}"
+    target = Path(out) if out else output_path(params.paths.counterfactuals_dir, name)
+    dos: list[dict[str, float]] = []
+
+    def validate(engine: CounterfactualEngine) -> list[str]:
+        notes: list[str] = []
+        for v in values:
+            one: dict[str, float] = {}
+            add_intervention(one, var, v, engine.graph)
+            notes += check_support(engine, one, strict)
+            dos.append(one)
+        return notes
+
+    s, notes = _setup(params, f"sweep {name} over {len(values)} values of {var}", validate,
+                      guidance=guidance, steps=steps, abduction=abduction,
+                      parents_from=parents_from, max_images=max_images)
+    engine, ds, ip, rows = s.engine, s.ds, s.ip, s.rows
+    n_val = len(dos)
+    c, h, w = ds.image_shape
+    k = len(engine.graph.names)
+    with atomic_path(target) as tmp, h5py.File(tmp, "w") as f, \
+            Progress(rows.size * n_val, f"sweep {name}", unit="img") as bar:
+        f.create_dataset("index", data=rows.astype(np.int64))
+        f.create_dataset("factual", data=ds.images[rows])
+        f.create_dataset("values", data=np.asarray(values, np.float32))
+        dcf = f.create_dataset("counterfactual", (n_val, rows.size, c, h, w), np.uint8,
+                               chunks=(1, min(rows.size, ip.batch_size), c, h, w))
+        dpf = f.create_dataset("parents_factual", (rows.size, k), np.float32)
+        dpc = f.create_dataset("parents_cf", (n_val, rows.size, k), np.float32)
+        for lo in range(0, rows.size, ip.batch_size):
+            sel = rows[lo:lo + ip.batch_size]
+            sl = slice(lo, lo + sel.size)
+            fact = _abduct_batch(s, sel, sl)  # once for every value
+            dpf[sl] = fact.parents.cpu().numpy()
+            for i, one in enumerate(dos):
+                dcf[i, sl], dpc[i, sl] = _act_predict(s, fact, one)
+                bar.advance(sel.size)
+        pf, pcf = dpf[()], dpc[()]
+        f.attrs.update(_settings_attrs(s, name, FileKind.SWEEP))
+        f.attrs["var"] = var
+        f.attrs["do"] = json.dumps({var: [d[var] for d in dos]})
+    descendants = set(engine.graph.descendants([var]))
+    variables = {}
+    for j, n in enumerate(engine.graph.names):
+        role = Role.SET if n == var else Role.PROPAGATED if n in descendants else Role.UNCHANGED
+        variables[n] = {"unit": engine.graph.variable(n).unit,
+                        "categorical": engine.graph.variable(n).is_categorical,
+                        "role": role.value, "factual_mean": float(np.mean(pf[:, j]))}
+    return {
+        "name": name, "path": str(target), "kind": FileKind.SWEEP.value,
+        "images": int(rows.size), "var": var, "values": [d[var] for d in dos],
+        "shape": [n_val, int(rows.size), c, h, w],
+        "guidance": ip.guidance, "steps": ip.steps, "abduction": ip.abduction.value,
+        "parents_from": ip.parents_from.value, "warnings": notes, "variables": variables,
+        "sweep": [{"value": d[var],
+                   "parents": {n: float(np.mean(pcf[i, :, j]))
+                               for j, n in enumerate(engine.graph.names)}}
+                  for i, d in enumerate(dos)],
+    }

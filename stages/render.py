@@ -1,14 +1,20 @@
-"""Stage `render`: PNG grids of factual images and their counterfactuals.
+"""Stage `render`: PNG figures of factual images and their counterfactuals.
 
-One figure ``counterfactuals.png`` with a row per image: the factual image, then one column per
-intervention file in the counterfactuals folder (sorted by name); under each image the parent
-values (factual, or counterfactual with the intervened ones marked ``*``).
+``counterfactuals.png``: a row per image: the factual image, then one column per intervention
+file in the counterfactuals folder (sorted by name), for the images all those files hold.
+``traversal_<var>.png``: per sweep file (``cdae intervene --var VAR --values ...``), a row per
+image: the factual image, then the same digit at increasing values of VAR
+(``traversal_<var>_<file>.png`` when several sweeps share a variable). Under each image its
+parent values with units (factual, or counterfactual with the intervened ones marked ``*``; the
+others are what the model propagates); a legend at the bottom spells out the abbreviated names.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -16,82 +22,258 @@ from cdae import config as cfg
 from cdae.atomic import atomic_path
 from cdae.errors import DataError
 
+if TYPE_CHECKING:  # PIL is imported inside the functions at run time
+    from PIL import Image, ImageFont
+
 SCALE = 3  # pixel upscaling of each image in the figure
+LINE_H = 11  # px per annotation line
+TITLE_H = 12  # px per title line
+PAD = 4  # px around text in a cell
+MIN_CELL_W = 78  # px
 
 
-def _fmt(names: list[str], values: np.ndarray, marked: set[str]) -> list[str]:
+@dataclass
+class Column:
+    """One column of a figure: images uint8 (N, C, H, W), their parents (N, K) in raw units,
+    the variables set by do (marked ``*``) and title lines."""
+
+    title: list[str]
+    images: np.ndarray
+    parents: np.ndarray
+    marked: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class Annotation:
+    """How parent values are written: variable names, units ("" = none), categorical ones."""
+
+    names: tuple[str, ...]
+    units: tuple[str, ...]
+    categorical: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_graph(cls, names: Sequence[str], graph: Any) -> "Annotation":
+        """Units and types from ``graph`` (a CausalGraph) for the variables it knows."""
+        known = set(graph.names)
+        units = tuple(graph.variable(n).unit if n in known else "" for n in names)
+        cat = frozenset(n for n in names if n in known and graph.variable(n).is_categorical)
+        return cls(tuple(names), units, cat)
+
+
+def _short(name: str) -> str:
+    return name[:5]
+
+
+def _fmt(ann: Annotation, values: np.ndarray, marked: set[str]) -> list[str]:
+    """One line per variable: ``thick* 2.00 [px]``; ``*`` = set by do."""
     out = []
-    for n, v in zip(names, values):
-        short = n[:5]
+    for n, unit, v in zip(ann.names, ann.units, values):
         star = "*" if n in marked else ""
-        out.append(f"{short}{star} {v:.0f}" if abs(v) >= 10 else f"{short}{star} {v:.2f}")
+        if not np.isfinite(v):
+            num = "?"
+        elif n in ann.categorical:
+            num = f"{int(round(float(v)))}"
+        else:
+            num = f"{v:.0f}" if abs(v) >= 10 else f"{v:.2f}"
+        out.append(f"{_short(n)}{star} {num}" + (f" [{unit}]" if unit else ""))
     return out
 
 
-def grid(columns: list[dict], rows: int, names: list[str]):
-    """Compose a PIL image. columns: [{"title", "images" (N,C,H,W) uint8, "parents" (N,K),
-    "marked": set}] sharing the same rows."""
+def _legend(ann: Annotation) -> list[str]:
+    parts = [f"{_short(n)} = {n}" + (f" [{u}]" if u else "") for n, u in zip(ann.names, ann.units)
+             if _short(n) != n or u]
+    return parts + ["* = set by do, the others as the model propagates them"]
+
+
+def _wrap(font: ImageFont.ImageFont, parts: list[str], width: float) -> list[str]:
+    """Join ``parts`` with ';  ' into lines no wider than ``width`` px (a part is never split)."""
+    lines: list[str] = []
+    for part in parts:
+        if lines and font.getlength(lines[-1] + ";  " + part) <= width:
+            lines[-1] += ";  " + part
+        else:
+            lines.append(part)
+    return lines
+
+
+def grid(columns: list[Column], rows: int, ann: Annotation) -> Image.Image:
+    """Compose a PIL image: one column per entry of ``columns`` (sharing the same images in the
+    same order), at most ``rows`` rows, each image annotated with its parents and units."""
     from PIL import Image, ImageDraw, ImageFont
 
     font = ImageFont.load_default()
-    n = min(rows, min(c["images"].shape[0] for c in columns))
-    c, h, w = columns[0]["images"].shape[1:]
-    line_h = 11
-    cell_w = max(w * SCALE, 78)
-    cell_h = h * SCALE + line_h * len(names) + 6
-    head = 28
-    canvas = Image.new("RGB", (cell_w * len(columns), head + cell_h * n), "white")
+    n = min(rows, min(c.images.shape[0] for c in columns))
+    c, h, w = columns[0].images.shape[1:]
+    texts = [t for col in columns for t in col.title]
+    texts += [t for col in columns for i in range(n)
+              for t in _fmt(ann, col.parents[i], col.marked)]
+    text_w = max((font.getlength(t) for t in texts), default=0.0)
+    cell_w = int(max(w * SCALE, MIN_CELL_W, np.ceil(text_w) + 2 * PAD))
+    cell_h = h * SCALE + LINE_H * len(ann.names) + 6
+    head = TITLE_H * max(len(col.title) for col in columns) + PAD
+    width = cell_w * len(columns)
+    legend = _wrap(font, _legend(ann), width - 2 * PAD)
+    foot = LINE_H * len(legend) + PAD
+    canvas = Image.new("RGB", (width, head + cell_h * n + foot), "white")
     draw = ImageDraw.Draw(canvas)
     for j, col in enumerate(columns):
-        for t, text in enumerate(col["title"].split("\n")[:2]):
-            draw.text((j * cell_w + 2, 2 + t * 12), text, fill="black", font=font)
+        for t, text in enumerate(col.title):
+            draw.text((j * cell_w + PAD, 2 + t * TITLE_H), text, fill="black", font=font)
         for i in range(n):
-            img = col["images"][i]
+            img = col.images[i]
             arr = img[0] if c == 1 else np.transpose(img, (1, 2, 0))
             tile = Image.fromarray(arr).convert("RGB").resize((w * SCALE, h * SCALE),
                                                               Image.NEAREST)
             x0, y0 = j * cell_w + (cell_w - w * SCALE) // 2, head + i * cell_h
             canvas.paste(tile, (x0, y0))
-            for t, text in enumerate(_fmt(names, col["parents"][i], col["marked"])):
-                draw.text((j * cell_w + 2, y0 + h * SCALE + 2 + t * line_h), text, fill="black",
-                          font=font)
+            for t, text in enumerate(_fmt(ann, col.parents[i], col.marked)):
+                draw.text((j * cell_w + PAD, y0 + h * SCALE + 2 + t * LINE_H), text,
+                          fill="black", font=font)
+    y_leg = head + cell_h * n + 2
+    for t, text in enumerate(legend):
+        draw.text((PAD, y_leg + t * LINE_H), text, fill="dimgray", font=font)
     return canvas
 
 
-def run(params: cfg.Params, *, rows: int | None = None) -> dict[str, object]:
+def _do_title(do: dict[str, Any]) -> list[str]:
+    """``do(thickness=3,`` / ``intensity=150)``: one line per intervened variable."""
+    items = [f"{k}={v:g}" for k, v in do.items()]
+    if len(items) <= 1:
+        return [f"do({items[0] if items else ''})"]
+    return [f"do({items[0]},"] + [f"   {it}," for it in items[1:-1]] + [f"   {items[-1]})"]
+
+
+def _annotation(attrs: Any, graph: Any) -> Annotation:
+    """Names from a file's attrs; units from the file when it has them, else from the graph."""
+    names = json.loads(attrs["names"])
+    ann = Annotation.from_graph(names, graph)
+    if "units" in attrs:
+        ann = Annotation(ann.names, tuple(json.loads(attrs["units"])), ann.categorical)
+    return ann
+
+
+def _read_error(path: Path, err: Exception) -> DataError:
+    return DataError(f"{path}: cannot read counterfactual file ({err})",
+                     hint="re-run `cdae intervene`")
+
+
+def _save(figure: Image.Image, target: Path) -> list[int]:
+    with atomic_path(target) as tmp:
+        figure.save(tmp, format="PNG")
+    return list(figure.size)
+
+
+def _traversal(path: Path, rows: int, graph: Any) -> tuple[str, Image.Image]:
+    """(variable, figure) of one sweep file; columns sorted by increasing value."""
     import h5py
+
+    from stages.intervene import FileKind, file_kind
+
+    try:
+        with h5py.File(path, "r") as f:
+            if file_kind(f.attrs) is not FileKind.SWEEP:
+                raise DataError(f"{path}: not a sweep file",
+                                hint="make one with `cdae intervene --var VAR --values 1:4:7`")
+            ann = _annotation(f.attrs, graph)
+            var = str(f.attrs["var"])
+            values = f["values"][()]
+            n = min(rows, f["index"].shape[0])
+            factual = Column(["factual"], f["factual"][:n], f["parents_factual"][:n])
+            cf = f["counterfactual"][:, :n]
+            pcf = f["parents_cf"][:, :n]
+    except (OSError, KeyError) as err:
+        raise _read_error(path, err) from None
+    unit = dict(zip(ann.names, ann.units)).get(var, "")
+    columns = [factual] + [Column([f"{var}={values[v]:g}" + (f" {unit}" if unit else "")],
+                                  cf[v], pcf[v], {var})
+                           for v in np.argsort(values, kind="stable")]
+    return var, grid(columns, rows, ann)
+
+
+def run(params: cfg.Params, *, rows: int | None = None,
+        sweeps: list[str] | None = None) -> dict[str, object]:
+    """Render counterfactuals.png from the intervention files and traversal_<var>.png from the
+    sweep files (``sweeps``, default: those in the counterfactuals folder)."""
+    import h5py
+
+    from stages.intervene import FileKind, file_kind
 
     rp = cfg.override(params.render, "render", rows=rows)
     folder = Path(params.paths.counterfactuals_dir)
-    files = sorted(folder.glob("*.h5")) if folder.is_dir() else []
-    if not files:
+    found = sorted(folder.glob("*.h5")) if folder.is_dir() else []
+    interventions: list[Path] = []
+    found_sweeps: list[Path] = []
+    for path in found:
+        try:
+            with h5py.File(path, "r") as f:
+                kind = file_kind(f.attrs)
+        except OSError as err:
+            raise _read_error(path, err) from None
+        (found_sweeps if kind is FileKind.SWEEP else interventions).append(path)
+    sweep_files = [Path(s) for s in sweeps] if sweeps else found_sweeps
+    for s in sweep_files:
+        if not s.is_file():
+            raise DataError(f"{s}: no such sweep file",
+                            hint="make one with `cdae intervene --var VAR --values 1:4:7`")
+    if not interventions and not sweep_files:
         raise DataError(f"{folder}: no counterfactual files to render",
                         hint="run `cdae intervene` first")
-    columns: list[dict] = []
-    names: list[str] = []
-    index = None
+    figures: list[str] = []
+    sizes: dict[str, list[int]] = {}
+    columns: list[Column] = []
+    if interventions:
+        columns, ann = _grid_columns(interventions, rp.rows, params.graph)
+        target = Path(params.paths.figures_dir) / "counterfactuals.png"
+        sizes[str(target)] = _save(grid(columns, rp.rows, ann), target)
+        figures.append(str(target))
+    strips = [_traversal(s, rp.rows, params.graph) for s in sweep_files]
+    per_var = {var: sum(v == var for v, _ in strips) for var, _ in strips}
+    for (var, figure), path in zip(strips, sweep_files):
+        stem = f"traversal_{var}" if per_var[var] == 1 else f"traversal_{var}_{path.stem}"
+        target = Path(params.paths.figures_dir) / f"{stem}.png"
+        sizes[str(target)] = _save(figure, target)
+        figures.append(str(target))
+    return {"figures": figures, "sizes": sizes, "columns": len(columns), "rows": rp.rows,
+            "sweeps": [str(s) for s in sweep_files]}
+
+
+def _grid_columns(files: list[Path], rows: int,
+                  graph: Any) -> tuple[list[Column], Annotation]:
+    """The factual column, then one column per intervention file, for the first ``rows``
+    dataset rows that every file holds (files made with other --max-images hold other rows)."""
+    import h5py
+
+    indices: list[np.ndarray] = []
     for path in files:
         try:
             with h5py.File(path, "r") as f:
-                names = json.loads(f.attrs["names"])
-                do = json.loads(f.attrs["do"])
-                idx = f["index"][()]
-                if index is None:
-                    index = idx
-                    columns.append({"title": "factual", "images": f["factual"][()],
-                                    "parents": f["parents_factual"][()], "marked": set()})
-                elif not np.array_equal(idx[: rp.rows], index[: rp.rows]):
-                    raise DataError(f"{path}: holds other images than {files[0]}",
-                                    hint="re-run the intervene stages with the same split")
-                title = "do(" + ", ".join(f"{k}={v:g}" for k, v in do.items()) + ")"
-                columns.append({"title": f"{path.stem}\n{title}",
-                                "images": f["counterfactual"][()],
-                                "parents": f["parents_cf"][()], "marked": set(do)})
+                indices.append(f["index"][()])
         except (OSError, KeyError) as err:
-            raise DataError(f"{path}: cannot read counterfactual file ({err})",
-                            hint="re-run `cdae intervene`") from None
-    figure = grid(columns, rp.rows, names)
-    target = Path(params.paths.figures_dir) / "counterfactuals.png"
-    with atomic_path(target) as tmp:
-        figure.save(tmp, format="PNG")
-    return {"figures": [str(target)], "columns": len(columns), "rows": rp.rows}
+            raise _read_error(path, err) from None
+    common = set(indices[0].tolist()).intersection(*(set(i.tolist()) for i in indices[1:]))
+    shown = [int(r) for r in indices[0] if int(r) in common][:rows]
+    if not shown:
+        raise DataError(f"{files[0]} and the other files in {files[0].parent} hold no image in "
+                        "common", hint="re-run the intervene stages with the same split")
+    columns: list[Column] = []
+    anns: list[Annotation] = []
+    for path, index in zip(files, indices):
+        at = {int(r): i for i, r in enumerate(index)}
+        pick = np.array([at[r] for r in shown])
+        try:
+            with h5py.File(path, "r") as f:
+                anns.append(_annotation(f.attrs, graph))
+                do = json.loads(f.attrs["do"])
+                if not columns:
+                    columns.append(Column(["factual"], f["factual"][()][pick],
+                                          f["parents_factual"][()][pick]))
+                columns.append(Column([path.stem] + _do_title(do),
+                                      f["counterfactual"][()][pick], f["parents_cf"][()][pick],
+                                      set(do)))
+        except (OSError, KeyError) as err:
+            raise _read_error(path, err) from None
+        if anns[-1].names != anns[0].names:
+            raise DataError(f"{path}: holds variables {', '.join(anns[-1].names)}, "
+                            f"{files[0]} holds {', '.join(anns[0].names)}",
+                            hint="re-run the intervene stages with one model")
+    return columns, anns[0]

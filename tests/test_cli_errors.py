@@ -49,6 +49,18 @@ def assert_one_line_error(result, *fragments: str) -> None:
     (["--do", "thickness=nan"], ["not finite"]),
     (["--name", "nope"], ["--name 'nope' is not in intervene.interventions"]),
     ([], ["no intervention given"]),
+    (["--var", "thickness", "--values", "1:4"], ["--values '1:4' is malformed",
+                                                 "START:STOP:COUNT"]),
+    (["--var", "thickness", "--values", "1:4:1"], ["COUNT must be at least 2, got 1"]),
+    (["--var", "thickness", "--values", "1:4:x"], ["COUNT 'x' is not an integer"]),
+    (["--var", "thickness", "--values", "1,,2"], ["--values '1,,2' is malformed"]),
+    (["--var", "thickness", "--values", "1,thick"], ["'thick' for 'thickness' is not a number"]),
+    (["--var", "thickness", "--values", "2"], ["holds one value", "--value"]),
+    (["--var", "thickness", "--value", "2", "--values", "1,2"], ["not go with --value or --do"]),
+    (["--do", "intensity=9", "--var", "thickness", "--values", "1,2"], ["not go with --value"]),
+    (["--values", "1:4:7"], ["--values needs --var"]),
+    (["--var", "colour", "--values", "1:4:7"], ["unknown variable 'colour'"]),
+    (["--var", "digit", "--values", "0:9:3"], ["'4.5' for 'digit' is not one of its classes"]),
 ])
 def test_intervene_bad_input(params_file: Path, args, fragments) -> None:
     assert_one_line_error(run("intervene", "--params", str(params_file), *args), *fragments)

@@ -2,16 +2,20 @@
 
 Checks: every stage's outputs exist and are readable; a second `dvc repro` runs nothing; a train
 param change re-runs train and what follows but not prepare-data; `cdae intervene` prints the
-counterfactual parents.
+counterfactual parents; sweeps, traversal strips and the HTML report.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
+from html.parser import HTMLParser
 from pathlib import Path
 
 import h5py
@@ -48,7 +52,8 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_dvc_repro_tiny(project: Path) -> None:
     out = sh(["dvc", "repro"], project)
     for stage in ("prepare-data", "train", "encode-latents", "intervene@thickness_2",
-                  "intervene@intensity_120", "intervene@thickness_4", "render", "evaluate"):
+                  "intervene@intensity_120", "intervene@thickness_4", "render", "evaluate",
+                  "report"):
         assert f"Running stage '{stage}'" in out, stage
     with h5py.File(project / "data/dataset.h5") as f:
         assert f["images"].dtype == np.uint8 and f["images"].shape[1:] == (1, 28, 28)
@@ -64,6 +69,7 @@ def test_dvc_repro_tiny(project: Path) -> None:
         assert key in metrics
     assert "thickness_mae" in metrics["do_thickness"]
     assert (project / "reports/figures/counterfactuals.png").stat().st_size > 1000
+    assert "thickness_mae" in (project / "reports/report.html").read_text()
 
     again = sh(["dvc", "repro"], project)
     assert "Running stage" not in again
@@ -155,3 +161,181 @@ def test_concurrent_intervene_runs_do_not_interfere(project: Path) -> None:
             assert np.allclose(f["parents_cf"][:, 0], v)
             assert f["counterfactual"].shape[0] == 3
     assert not list((project / "data").glob(".*.tmp-*"))
+
+
+def test_empty_split_is_refused(project: Path, tmp_path: Path) -> None:
+    only_train = tmp_path / "only_train.h5"
+    shutil.copy(project / "data/dataset.h5", only_train)
+    with h5py.File(only_train, "a") as f:
+        f["split"][...] = 0
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    raw["paths"]["dataset"] = str(only_train)
+    other = tmp_path / "only_train.yaml"
+    other.write_text(yaml.safe_dump(raw))
+    r = run_cli(project, "intervene", "--params", str(other), "--var", "thickness", "--value",
+                "2", "--steps", "2", "--out", "data/empty.h5")
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip() == "error: the test split is empty (check data.test_fraction)"
+    assert not (project / "data/empty.h5").exists()
+
+
+SWEEP = (1.5, 2.5, 3.5)  # thickness values (px) of the sweep tests
+
+
+@pytest.fixture(scope="module")
+def sweep(project: Path) -> dict:
+    """One sweep of 3 thickness values over 4 images, in the counterfactuals folder."""
+    js = sh([sys.executable, "-m", "cdae", "intervene", "--var", "thickness", "--values",
+             ",".join(map(str, SWEEP)), "--max-images", "4", "--steps", "2", "--json"], project,
+            stdout_only=True)
+    return json.loads(js)
+
+
+def test_sweep_one_file_with_every_value(project: Path, sweep: dict) -> None:
+    path = project / "data/counterfactuals/sweep_thickness.h5"
+    assert sweep["path"] == "data/counterfactuals/sweep_thickness.h5" and path.is_file()
+    with h5py.File(path) as f:
+        assert f["counterfactual"].shape == (3, 4, 1, 28, 28)
+        assert f["factual"].shape == (4, 1, 28, 28)
+        assert f["parents_factual"].shape == (4, 3)
+        assert np.allclose(f["values"][()], SWEEP)
+        pc = f["parents_cf"][()]
+    assert pc.shape == (3, 4, 3)
+    assert np.allclose(pc[:, :, 0], np.array(SWEEP)[:, None])  # thickness set by do
+    assert [s["value"] for s in sweep["sweep"]] == pytest.approx(list(SWEEP))
+    assert [s["parents"]["thickness"] for s in sweep["sweep"]] == pytest.approx(list(SWEEP))
+    assert sweep["variables"]["intensity"]["role"] == "propagated by the learned mechanism"
+    out = sh([sys.executable, "-m", "cdae", "intervene", "--var", "thickness", "--values",
+              "1:3:3", "--max-images", "2", "--steps", "2", "--out", "data/sweep_lin.h5"],
+             project, stdout_only=True)
+    assert "do(thickness=1)" in out and "do(thickness=2)" in out and "do(thickness=3)" in out
+    assert "intensity [0..255]" in out and "propagated by the learned mechanism" in out
+
+
+def test_sweep_abducts_once(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cdae import config
+    from cdae.counterfactual import CounterfactualEngine
+    from stages import intervene as stage
+
+    calls = {"abduct": 0, "predict": 0}
+    for method in calls:
+        original = getattr(CounterfactualEngine, method)
+
+        def spy(self, *args, _original=original, _method=method, **kwargs):
+            calls[_method] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(CounterfactualEngine, method, spy)
+    monkeypatch.chdir(project)
+    r = stage.run_sweep(config.load("params.yaml"), "thickness", [1.5, 2.0, 3.0], max_images=3,
+                        steps=2, out="data/sweep_spy.h5")
+    assert r["shape"] == [3, 3, 1, 28, 28]
+    assert calls == {"abduct": 1, "predict": 3}  # one batch: inverted once, decoded per value
+
+
+def test_malformed_sweep_is_refused(project: Path) -> None:
+    r = run_cli(project, "intervene", "--var", "thickness", "--values", "1.0:4.0",
+                "--out", "data/bad_sweep.h5")
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --values '1.0:4.0' is malformed")
+    assert not (project / "data/bad_sweep.h5").exists()
+
+
+def test_render_draws_traversal_strips(project: Path, sweep: dict) -> None:
+    from PIL import Image
+
+    result = json.loads(sh([sys.executable, "-m", "cdae", "render", "--json"], project,
+                           stdout_only=True))
+    strip = "reports/figures/traversal_thickness.png"
+    assert strip in result["figures"] and "reports/figures/counterfactuals.png" in result["figures"]
+    with Image.open(project / strip) as im:
+        width, height = im.size
+    assert [width, height] == result["sizes"][strip]
+    rows = 3  # render.rows of the tiny profile (the sweep holds 4 images)
+    assert width % 4 == 0 and width // 4 >= 28 * 3  # factual + 3 values, images upscaled x3
+    assert height >= rows * (28 * 3 + 3 * 11)  # each image with its 3 parent lines
+    # the sweep is not a column of the grid; every intervention file is
+    folder = project / "data/counterfactuals"
+    singles = [p for p in folder.glob("*.h5") if not p.name.startswith("sweep_")]
+    assert result["columns"] == 1 + len(singles)
+    again = json.loads(sh([sys.executable, "-m", "cdae", "render", "--json", "--sweep",
+                           "data/sweep_lin.h5"], project, stdout_only=True))
+    assert again["sweeps"] == ["data/sweep_lin.h5"]
+
+
+class _Images(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sources: list[str] = []
+        self.scripts = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "img":
+            self.sources.append(dict(attrs)["src"] or "")
+        self.scripts += tag == "script"
+
+
+def test_report_is_offline_with_images_and_metrics(project: Path, sweep: dict) -> None:
+    from PIL import Image
+
+    sh([sys.executable, "-m", "cdae", "render"], project)
+    r = json.loads(sh([sys.executable, "-m", "cdae", "report", "--json"], project,
+                      stdout_only=True))
+    assert r["missing"] == []
+    page = (project / "reports/report.html").read_text()
+    parser = _Images()
+    parser.feed(page)
+    assert parser.scripts == 0 and "http://" not in page and "https://" not in page
+    assert len(parser.sources) == r["images"] >= 3  # loss curve, grid, traversal strip
+    for src in parser.sources:
+        if src.startswith("data:image/png;base64,"):
+            try:
+                data = base64.b64decode(src.split(",", 1)[1], validate=True)
+            except binascii.Error as err:
+                pytest.fail(f"bad base64 image: {err}")
+        else:
+            data = (project / "reports" / src).read_bytes()
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            assert im.width > 50 and im.height > 50
+    metrics = json.loads((project / "reports/metrics.json").read_text())
+    for group in ("do_thickness", "null"):
+        for name in metrics[group]:
+            assert f"<code>{name}</code>" in page, name
+    assert "thickness → intensity" in page and "unit px" in page
+
+
+@pytest.mark.skipif(not any(shutil.which(b) for b in ("chromium", "chromium-browser",
+                                                     "google-chrome")),
+                    reason="no headless Chromium")
+def test_report_renders_in_chromium(project: Path) -> None:
+    if not (project / "reports/report.html").is_file():
+        sh([sys.executable, "-m", "cdae", "report"], project)
+    out = sh(["bash", str(ROOT / "scripts/check_report.sh"), "reports/report.html"], project)
+    assert "broken=0" in out and "check_report: OK" in out
+
+
+def test_sharded_encode_merges_to_the_unsharded_file(project: Path, tmp_path: Path) -> None:
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    raw["profiles"]["tiny"]["encode"]["batch_size"] = 8  # 20 images: batches of 8, 8, 4
+    small = tmp_path / "batch8.yaml"
+    small.write_text(yaml.safe_dump(raw))
+    common = ["encode-latents", "--params", str(small)]
+    for args in (["--out", str(tmp_path / "whole.h5")],
+                 ["--shard", "0/2", "--out", str(tmp_path / "s0.h5")],
+                 ["--shard", "1/2", "--out", str(tmp_path / "s1.h5")]):
+        r = run_cli(project, *common, *args)
+        assert r.returncode == 0, r.stderr
+    r = run_cli(project, "merge", str(tmp_path / "merged.h5"), str(tmp_path / "s1.h5"),
+                str(tmp_path / "s0.h5"))
+    assert r.returncode == 0, r.stderr
+    with h5py.File(tmp_path / "whole.h5") as a, h5py.File(tmp_path / "merged.h5") as b, \
+            h5py.File(tmp_path / "s0.h5") as s0:
+        assert s0["u"].shape[0] == 8
+        assert sorted(a) == sorted(b)
+        for name in a:
+            np.testing.assert_array_equal(a[name][()], b[name][()], err_msg=name)
+        assert dict(a.attrs) == dict(b.attrs)
+    r = run_cli(project, "merge", str(tmp_path / "m2.h5"), str(tmp_path / "s0.h5"))
+    assert r.returncode == 2 and "not one complete set of 2" in r.stderr
