@@ -240,6 +240,7 @@ def intervene(params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt,
               out: Optional[Path] = typer.Option(None, help="output HDF5 file"),
               strict: bool = typer.Option(False, help="refuse values outside the training "
                                           "support instead of warning"),
+              shard: Optional[str] = ShardOpt,
               as_json: bool = JsonOpt) -> None:
     """Counterfactuals of the test images under do(var=value): abduct, act, predict.
 
@@ -247,7 +248,8 @@ def intervene(params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt,
     cdae intervene --do thickness=3.5 --do intensity=150 --guidance 1 ;
     cdae intervene --name thickness_2  (as listed in params.yaml) ;
     cdae intervene --var thickness --values 1.0:4.0:7  (a sweep -> sweep_thickness.h5;
-    `cdae render` draws it as reports/figures/traversal_thickness.png)
+    `cdae render` draws it as reports/figures/traversal_thickness.png) ;
+    cdae intervene --var thickness --value 2 --shard 0/8  (one slice; `cdae merge` joins them)
     """
     def go():
         from cdae.errors import InterventionError
@@ -267,7 +269,7 @@ def intervene(params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt,
             return stage.run_sweep(p, var, sweep, name=name, out=str(out) if out else None,
                                    strict=strict, guidance=guidance, steps=steps,
                                    abduction=abduction, parents_from=parents_from,
-                                   max_images=max_images)
+                                   max_images=max_images, shard=shard)
         p = _params(params, profile)
         items = list(do)
         if (var is None) != (value is None):
@@ -290,7 +292,7 @@ def intervene(params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt,
         parsed = parse_do(items, p.graph)
         return stage.run(p, parsed, name=run_name, out=str(out) if out else None, strict=strict,
                          guidance=guidance, steps=steps, abduction=abduction,
-                         parents_from=parents_from, max_images=max_images)
+                         parents_from=parents_from, max_images=max_images, shard=shard)
 
     def text(r: dict[str, Any]) -> str:
         from stages.intervene import FileKind

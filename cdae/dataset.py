@@ -12,9 +12,19 @@ Layout::
     /base_images  uint8   (B, C, H, W)   base digits (generated data whose SCM draws on base
                                          images; absent, with /base_index, for an SCM that
                                          makes its own scenes, e.g. pendulum)
+    /source_index int64   (N,)           imported data only: the example's row in the files it
+                                         came from (its split's IDX file, or the labels CSV's
+                                         data row, 0-based)
     attrs: schema_version, graph (JSON), label_mean, label_std (K, train split, continuous only;
-           0/1 for categorical), noise_names (JSON), scm, source, cdae_version,
-           data_params (JSON of the validated ``data`` params that made it; "" if unknown)
+           0/1 for categorical), noise_names (JSON), scm ("" = no SCM known, e.g. a folder of
+           your own images), source, cdae_version,
+           data_params (JSON of the validated ``data`` params that made it; "" if unknown),
+           has_ground_truth (bool: the true SCM's noise and base images or scenes are stored,
+           so true counterfactuals can be recomputed; False for imported data. Files without
+           the attribute: True where /noise is present)
+
+Imported data (``data.source`` morphomnist or folder) holds no /noise, /base_index or
+/base_images: the exogenous noise and the base digits that made those images are unknown.
 
 Readers validate shapes, dtypes and ranges before use and raise DataError naming the file.
 """
@@ -65,6 +75,8 @@ class Dataset:
     scm: str = ""
     source: str = ""
     data_params: str = ""  # JSON of the `data` params that made the file ("" = unknown)
+    has_ground_truth: bool = False  # the true SCM's noise (and base images or scenes) stored
+    source_index: np.ndarray | None = None  # (N,) row in the imported files
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -114,6 +126,8 @@ def write_dataset(path: str | Path, ds: Dataset, *, cdae_version: str = "") -> N
             if ds.base_images is not None:
                 f.create_dataset("base_images", data=ds.base_images, compression="gzip",
                                  compression_opts=4)
+            if ds.source_index is not None:
+                f.create_dataset("source_index", data=ds.source_index.astype(np.int64))
             f.attrs["schema_version"] = SCHEMA_VERSION
             f.attrs["graph"] = ds.graph.to_json()
             f.attrs["label_mean"] = ds.label_mean
@@ -122,6 +136,7 @@ def write_dataset(path: str | Path, ds: Dataset, *, cdae_version: str = "") -> N
             f.attrs["scm"] = ds.scm
             f.attrs["source"] = ds.source
             f.attrs["data_params"] = ds.data_params
+            f.attrs["has_ground_truth"] = bool(ds.has_ground_truth)
             f.attrs["cdae_version"] = cdae_version
 
 
@@ -165,6 +180,13 @@ def validate(ds: Dataset, where: str) -> None:
     if ds.noise is not None and ds.noise.shape[0] != n:
         raise DataError(f"{where}: noise has {ds.noise.shape[0]} rows for {n} images",
                         hint="re-run prepare-data")
+    if ds.has_ground_truth and (ds.noise is None or not ds.scm):
+        raise DataError(f"{where}: marked has_ground_truth but stores no SCM noise",
+                        hint="re-run prepare-data")
+    if ds.source_index is not None and (ds.source_index.shape != (n,)
+                                        or (ds.source_index < 0).any()):
+        raise DataError(f"{where}: source_index must hold {n} non-negative rows",
+                        hint="re-run prepare-data")
 
 
 def read_dataset(path: str | Path) -> Dataset:
@@ -202,6 +224,8 @@ def read_dataset(path: str | Path) -> Dataset:
                 scm=str(f.attrs.get("scm", "")),
                 source=str(f.attrs.get("source", "")),
                 data_params=str(f.attrs.get("data_params", "")),
+                has_ground_truth=bool(f.attrs.get("has_ground_truth", "noise" in f)),
+                source_index=f["source_index"][()] if "source_index" in f else None,
             )
     except DataError:
         raise

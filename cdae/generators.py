@@ -27,6 +27,10 @@ class Generator(Protocol):
     measurable: tuple[str, ...]  # variables it can measure on an image
     noise_names: tuple[str, ...]
     measurement: str  # how `measure` reads the variables (for reports)
+    #: True when :meth:`counterfactual_labels` needs only the factual labels (the exogenous noise
+    #: is a function of them and is abducted), so it also serves imported data, which stores
+    #: no noise (pass ``noise=None``); False when it needs the stored noise
+    counterfactual_from_labels: bool
 
     def scenes(self, dp: DataParams, rng: np.random.Generator
                ) -> tuple[np.ndarray, np.ndarray] | None:
@@ -57,6 +61,7 @@ class MorphoThicknessIntensity:
     variables = ("thickness", "intensity", "digit")
     measurable = ("thickness", "intensity")
     measurement = "Morpho-MNIST morphometrics (DATA.md section 1)"
+    counterfactual_from_labels = True  # e = (logit((i-64)/191) - 2(t-2.5)) / 0.5
 
     def __init__(self, data: DataParams | None = None) -> None:
         from cdae.scm import MorphoThicknessIntensitySCM
@@ -79,6 +84,8 @@ class MorphoThicknessIntensity:
         return images[:, None], labels, noise
 
     def counterfactual_labels(self, labels, noise, do):
+        """Abducts the intensity noise from the factual labels; ``noise`` is not read (None for
+        imported data)."""
         t_cf, i_cf = self.scm.counterfactual_labels(
             labels["thickness"], labels["intensity"],
             {k: v for k, v in do.items() if k in ("thickness", "intensity")})
@@ -128,6 +135,7 @@ class Pendulum:
                    "shadow_position_u")
     measurement = ("pendulum scene geometry read from the rendered colours "
                    "(cdae.pendulum.measure: bob and light centres, shadow extent)")
+    counterfactual_from_labels = False  # shadow noise and exact roots live in the noise
 
     def __init__(self, data: DataParams | None = None) -> None:
         self.settings = (data or DataParams()).pendulum

@@ -7,13 +7,24 @@ counterfactual with the true (stored) noise. Attributes are MEASURED on the imag
 generator (Morpho-MNIST morphometrics for the default dataset). Every row is reported beside the
 same images' "do nothing" (x* = x) and "true mechanism" (the generator's own counterfactual
 image) rows.
+
+Imported data (``has_ground_truth`` False in the file) stores no noise and no base images:
+:func:`plan_evaluation` decides what is computable. The true counterfactual images (L1/PSNR to
+them, the true-mechanism rows) are skipped; targets come from the factual labels through the
+SCM's equations where the generator abducts its noise from labels
+(``counterfactual_from_labels``), else only the intervened value and the non-descendants'
+factual labels are targets; without a known SCM nothing is measured on images and only the
+``null`` row runs. ``setup.ground_truth`` and ``setup.targets`` say which.
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 
@@ -22,10 +33,83 @@ from cdae.atomic import write_text
 from cdae.metrics import l1, mae, psnr
 from cdae.progress import log
 
+if TYPE_CHECKING:
+    from cdae.dataset import Dataset
+    from cdae.generators import Generator
+    from cdae.graph import CausalGraph
+
+GROUND_TRUTH_MISSING = "not available for imported data"
+
+
+class TargetSource(str, enum.Enum):
+    """Where the counterfactual label targets come from (most to least complete)."""
+
+    STORED_NOISE = "the true SCM with the stored exogenous noise"
+    LABELS = ("the SCM's equations with the exogenous noise abducted from the factual labels "
+              "(no stored noise)")
+    GRAPH = ("the intervened value and the factual labels of its non-descendants; descendants "
+             "have no target (no SCM known)")
+
+
+@dataclass(frozen=True)
+class EvaluationPlan:
+    """What evaluate can compute for a dataset file.
+
+    ``measurable``: variables measured on images (empty: no generator to measure with);
+    ``true_images``: the true counterfactual images can be rendered (L1/PSNR to them and the
+    true-mechanism rows); ``targets``: how counterfactual label targets are made.
+    """
+
+    measurable: tuple[str, ...]
+    true_images: bool
+    targets: TargetSource
+
+    def notes(self) -> dict[str, str]:
+        """Lines for metrics.json's ``setup``."""
+        return {
+            "ground_truth": ("the true SCM's counterfactual images (stored noise and base "
+                             "images)" if self.true_images else
+                             f"{GROUND_TRUTH_MISSING}: no true counterfactual L1/PSNR and no "
+                             "true-mechanism rows"),
+            "targets": self.targets.value,
+        }
+
+
+def plan_evaluation(ds: Dataset, gen: Generator | None) -> EvaluationPlan:
+    """What is computable for ``ds`` with its generator ``gen`` (None when the file names no
+    SCM). Generated files: everything; imported files: see the module docstring."""
+    measurable = tuple(m for m in gen.measurable if m in ds.graph.names) if gen else ()
+    if ds.has_ground_truth and gen is not None:
+        return EvaluationPlan(measurable, True, TargetSource.STORED_NOISE)
+    if gen is not None and gen.counterfactual_from_labels:
+        return EvaluationPlan(measurable, False, TargetSource.LABELS)
+    return EvaluationPlan(measurable, False, TargetSource.GRAPH)
+
+
+def counterfactual_targets(plan: EvaluationPlan, gen: Generator | None, graph: CausalGraph,
+                           labels: Mapping[str, np.ndarray], noise: np.ndarray | None,
+                           do: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Target labels (N,) per variable under ``do`` (raw units; NaN where a factual label is
+    missing); variables without a computable target are left out."""
+    if plan.targets is TargetSource.STORED_NOISE:
+        assert gen is not None and noise is not None
+        return gen.counterfactual_labels(dict(labels), noise, do)
+    if plan.targets is TargetSource.LABELS:
+        assert gen is not None
+        return gen.counterfactual_labels(dict(labels), None, do)
+    unknown = set(graph.descendants(do))
+    out = {name: np.asarray(labels[name], np.float64) for name in graph.names
+           if name not in unknown}
+    for name, value in do.items():
+        out[name] = np.broadcast_to(np.asarray(value, np.float64),
+                                    np.shape(labels[name])).copy()
+    return out
+
 
 def _measured_rows(measured: dict[str, np.ndarray], target: dict[str, np.ndarray],
                    names: tuple[str, ...]) -> dict[str, float]:
-    return {f"{n}_mae": mae(measured[n], target[n]) for n in names}
+    """``<var>_mae`` of the measured values against the targets, for variables with one."""
+    return {f"{n}_mae": mae(measured[n], target[n]) for n in names if n in target}
 
 
 def run(params: cfg.Params) -> dict[str, object]:
@@ -44,11 +128,15 @@ def run(params: cfg.Params) -> dict[str, object]:
     # the generator with the settings that made the file (image size, label units), if stored
     data = (cfg.data_from_json(ds.data_params, str(params.paths.dataset)) if ds.data_params
             else params.data)
-    own_scenes = ds.source == cfg.DataSource.SCENES.value  # no base images by design
-    if ds.noise is None or not ds.scm or (ds.base_images is None and not own_scenes):
-        raise DataError(f"{params.paths.dataset}: has no stored SCM noise and base images",
-                        hint="evaluate needs a generated dataset (prepare-data with an SCM)")
-    gen = make_generator(cfg.SCMKind(ds.scm), data)
+    try:
+        gen = make_generator(cfg.SCMKind(ds.scm), data) if ds.scm else None
+    except ValueError:
+        raise DataError(f"{params.paths.dataset}: unknown SCM {ds.scm!r}",
+                        hint="re-run `cdae prepare-data` with this cdae") from None
+    plan = plan_evaluation(ds, gen)
+    if not plan.true_images:
+        log.info("evaluate: %s: ground truth %s; targets from %s", params.paths.dataset,
+                 GROUND_TRUTH_MISSING, plan.targets.value)
     engine = CounterfactualEngine.load(Path(params.paths.model_dir) / "model.pt")
     engine.inversion_iters = params.diffusion.inversion_iters
     from stages.intervene import check_compatible
@@ -61,7 +149,7 @@ def run(params: cfg.Params) -> dict[str, object]:
     rng = np.random.default_rng(ep.seed)
     train_rows = ds.indices(Split.TRAIN)
     labels = {name: ds.labels[rows, j] for j, name in enumerate(names)}
-    noise = ds.noise[rows]
+    noise = ds.noise[rows] if ds.noise is not None else None
     base = (ds.base_images[ds.base_index[rows]]
             if ds.base_images is not None and ds.base_index is not None else None)
     x_np = ds.images[rows]
@@ -72,8 +160,8 @@ def run(params: cfg.Params) -> dict[str, object]:
     fact = engine.abduct(x, y, steps=ep.steps, abduction=cfg.Abduction.INVERT)
     fact_img = engine.abduct(x, None, steps=1, abduction=cfg.Abduction.NOISE)  # parents only
     abduct_s = time.perf_counter() - t0
-    measured_factual = gen.measure(x_np)
-    measurable = tuple(m for m in gen.measurable if m in names)
+    measurable = plan.measurable
+    measured_factual = gen.measure(x_np) if gen is not None and measurable else {}
 
     results: dict[str, object] = {}
     decode_s = 0.0
@@ -89,13 +177,15 @@ def run(params: cfg.Params) -> dict[str, object]:
         z_cf = engine.intervene(fact, {k: torch.as_tensor(v) for k, v in do.items()})
         x_cf = to_uint8(engine.predict(fact, z_cf, steps=ep.steps, guidance=ep.guidance))
         decode_s += time.perf_counter() - t0
-        target = gen.counterfactual_labels(labels, noise, do)
-        measured = gen.measure(x_cf)
-        true_img, _ = gen.true_counterfactual(base, labels, noise, do)
+        target = counterfactual_targets(plan, gen, ds.graph, labels, noise, do)
+        measured = gen.measure(x_cf) if gen is not None and measurable else {}
+        true_img = (gen.true_counterfactual(base, labels, noise, do)[0]
+                    if gen is not None and plan.true_images else None)
         row: dict[str, float] = {}
         row.update(_measured_rows(measured, target, measurable))
-        row["l1_to_true_counterfactual"] = l1(x_cf, true_img)
-        row["psnr_to_true_counterfactual"] = psnr(x_cf, true_img)
+        if true_img is not None:
+            row["l1_to_true_counterfactual"] = l1(x_cf, true_img)
+            row["psnr_to_true_counterfactual"] = psnr(x_cf, true_img)
         row["l1_to_factual"] = l1(x_cf, x_np)
         for m in measurable:
             row[f"{m}_moved"] = mae(measured[m], measured_factual[m])
@@ -104,17 +194,19 @@ def run(params: cfg.Params) -> dict[str, object]:
         z_cf_img = engine.intervene(fact_img, {k: torch.as_tensor(v) for k, v in do.items()})
         believed_img = engine.model.read_labels(z_cf_img).cpu().numpy()
         for j, m in enumerate(names):
-            if m in do or ds.graph.variable(m).is_categorical:
+            if m in do or ds.graph.variable(m).is_categorical or m not in target:
                 continue
             row[f"parent_{m}_mae_labels"] = mae(believed[:, j], target[m])
             row[f"parent_{m}_mae_image"] = mae(believed_img[:, j], target[m])
         results[key] = row
         nothing = _measured_rows(measured_factual, target, measurable)
-        nothing["l1_to_true_counterfactual"] = l1(x_np, true_img)
-        results[f"{key}_do_nothing"] = nothing
-        true_measured = gen.measure(true_img)
-        truth = _measured_rows(true_measured, target, measurable)
-        results[f"{key}_true_mechanism"] = truth
+        if true_img is not None:
+            nothing["l1_to_true_counterfactual"] = l1(x_np, true_img)
+        if nothing:
+            results[f"{key}_do_nothing"] = nothing
+        if gen is not None and true_img is not None:
+            truth = _measured_rows(gen.measure(true_img), target, measurable)
+            results[f"{key}_true_mechanism"] = truth
         log.info("evaluate %s: %s", key, ", ".join(f"{k}={v:.3f}" for k, v in row.items()))
     results["null"]["composition_l1"] = results["null"]["l1_to_factual"]  # type: ignore[index]
 
@@ -124,7 +216,10 @@ def run(params: cfg.Params) -> dict[str, object]:
         "abduction": "invert", "parents_from": "labels",
         "parent_error_from": "labels and image (encoder), both reported",
         "values": "one per image from the train marginal of the intervened variable",
-        "attributes": f"measured ({gen.measurement})",
+        "attributes": (f"measured ({gen.measurement})" if gen is not None and measurable else
+                       "not measured (no SCM known for this file, or none of its variables is "
+                       "measurable): only the null row runs"),
+        **plan.notes(),
         "units": {m: ds.graph.variable(m).unit for m in names},
         "seed": ep.seed, "model_step": engine.step,
     }

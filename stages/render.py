@@ -157,6 +157,15 @@ def _read_error(path: Path, err: Exception) -> DataError:
                      hint="re-run `cdae intervene`")
 
 
+def spread(n: int, k: int) -> list[int]:
+    """``min(n, k)`` increasing positions spread evenly over ``range(n)``: rows of a figure
+    drawn from the whole selection (datasets stored class by class would otherwise show one
+    digit)."""
+    if n <= k:
+        return list(range(n))
+    return sorted({int(round(i * (n - 1) / (k - 1))) for i in range(k)}) if k > 1 else [0]
+
+
 def _save(figure: Image.Image, target: Path) -> list[int]:
     with atomic_path(target) as tmp:
         figure.save(tmp, format="PNG")
@@ -177,10 +186,10 @@ def _traversal(path: Path, rows: int, graph: Any) -> tuple[str, Image.Image]:
             ann = _annotation(f.attrs, graph)
             var = str(f.attrs["var"])
             values = f["values"][()]
-            n = min(rows, f["index"].shape[0])
-            factual = Column(["factual"], f["factual"][:n], f["parents_factual"][:n])
-            cf = f["counterfactual"][:, :n]
-            pcf = f["parents_cf"][:, :n]
+            pos = spread(f["index"].shape[0], rows)
+            factual = Column(["factual"], f["factual"][pos], f["parents_factual"][pos])
+            cf = f["counterfactual"][:, pos]
+            pcf = f["parents_cf"][:, pos]
     except (OSError, KeyError) as err:
         raise _read_error(path, err) from None
     unit = dict(zip(ann.names, ann.units)).get(var, "")
@@ -239,8 +248,8 @@ def run(params: cfg.Params, *, rows: int | None = None,
 
 def _grid_columns(files: list[Path], rows: int,
                   graph: Any) -> tuple[list[Column], Annotation]:
-    """The factual column, then one column per intervention file, for the first ``rows``
-    dataset rows that every file holds (files made with other --max-images hold other rows)."""
+    """The factual column, then one column per intervention file, for ``rows`` dataset rows
+    spread over those every file holds (files made with other --max-images hold other rows)."""
     import h5py
 
     indices: list[np.ndarray] = []
@@ -251,7 +260,8 @@ def _grid_columns(files: list[Path], rows: int,
         except (OSError, KeyError) as err:
             raise _read_error(path, err) from None
     common = set(indices[0].tolist()).intersection(*(set(i.tolist()) for i in indices[1:]))
-    shown = [int(r) for r in indices[0] if int(r) in common][:rows]
+    held = [int(r) for r in indices[0] if int(r) in common]
+    shown = [held[i] for i in spread(len(held), rows)]
     if not shown:
         raise DataError(f"{files[0]} and the other files in {files[0].parent} hold no image in "
                         "common", hint="re-run the intervene stages with the same split")

@@ -339,3 +339,27 @@ def test_sharded_encode_merges_to_the_unsharded_file(project: Path, tmp_path: Pa
         assert dict(a.attrs) == dict(b.attrs)
     r = run_cli(project, "merge", str(tmp_path / "m2.h5"), str(tmp_path / "s0.h5"))
     assert r.returncode == 2 and "not one complete set of 2" in r.stderr
+
+
+@pytest.mark.parametrize("what", [["--var", "thickness", "--value", "2.5"],
+                                  ["--var", "thickness", "--values", "1:3:3"]])
+def test_sharded_intervene_merges_to_the_unsharded_file(project: Path, tmp_path: Path,
+                                                         what: list[str]) -> None:
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    raw["profiles"]["tiny"]["intervene"].update({"batch_size": 2, "max_images": 6})
+    small = tmp_path / "batch2.yaml"
+    small.write_text(yaml.safe_dump(raw))
+    common = ["intervene", "--params", str(small), "--steps", "2", *what]
+    for args in (["--out", str(tmp_path / "whole.h5")],
+                 ["--shard", "0/2", "--out", str(tmp_path / "s0.h5")],
+                 ["--shard", "1/2", "--out", str(tmp_path / "s1.h5")]):
+        r = run_cli(project, *common, *args)
+        assert r.returncode == 0, r.stderr
+    r = run_cli(project, "merge", str(tmp_path / "merged.h5"), str(tmp_path / "s0.h5"),
+                str(tmp_path / "s1.h5"))
+    assert r.returncode == 0, r.stderr
+    with h5py.File(tmp_path / "whole.h5") as a, h5py.File(tmp_path / "merged.h5") as b:
+        assert sorted(a) == sorted(b)
+        for name in a:
+            np.testing.assert_array_equal(a[name][()], b[name][()], err_msg=name)
+        assert dict(a.attrs) == dict(b.attrs)
