@@ -106,3 +106,21 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path: Path) -> None:
             raise RuntimeError("killed")
     assert target.read_bytes() == b"old"
     assert list(tmp_path.iterdir()) == [target]
+
+
+def test_checkpoint_from_a_newer_cdae_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "new.pt"
+    torch.save({"format": "cdae-checkpoint", "schema_version": 99, "params": {}}, path)
+    with pytest.raises(DataError, match="newer cdae"):
+        load_checkpoint(path)
+
+
+def test_image_size_mismatch_says_what_differs(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from stages.intervene import check_compatible
+
+    engine = SimpleNamespace(graph=GRAPH, model=SimpleNamespace(image_shape=(1, 28, 28)))
+    check_compatible(engine, GRAPH, "d.h5", tmp_path / "m.pt", (1, 28, 28))
+    with pytest.raises(DataError, match=r"expects images \(1, 28, 28\), d.h5 holds \(3, 32, 32\)"):
+        check_compatible(engine, GRAPH, "d.h5", tmp_path / "m.pt", (3, 32, 32))
