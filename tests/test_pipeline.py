@@ -316,27 +316,35 @@ def test_report_renders_in_chromium(project: Path) -> None:
     assert "broken=0" in out and "check_report: OK" in out
 
 
-def test_sharded_encode_merges_to_the_unsharded_file(project: Path, tmp_path: Path) -> None:
+def run_whole_and_sharded(project: Path, tmp_path: Path, section: str,
+                          settings: dict[str, int], command: list[str]) -> None:
+    """Run ``command`` unsharded and as shards 0/2 and 1/2 (with the tiny profile's ``section``
+    updated by ``settings``), merge the shards (in reverse order), and check that the merged
+    file equals the unsharded one array by array and attribute by attribute."""
     raw = yaml.safe_load((project / "params.yaml").read_text())
-    raw["profiles"]["tiny"]["encode"]["batch_size"] = 8  # 20 images: batches of 8, 8, 4
-    small = tmp_path / "batch8.yaml"
+    raw["profiles"]["tiny"][section].update(settings)
+    small = tmp_path / "small_batches.yaml"
     small.write_text(yaml.safe_dump(raw))
-    common = ["encode-latents", "--params", str(small)]
     for args in (["--out", str(tmp_path / "whole.h5")],
                  ["--shard", "0/2", "--out", str(tmp_path / "s0.h5")],
                  ["--shard", "1/2", "--out", str(tmp_path / "s1.h5")]):
-        r = run_cli(project, *common, *args)
+        r = run_cli(project, command[0], "--params", str(small), *command[1:], *args)
         assert r.returncode == 0, r.stderr
     r = run_cli(project, "merge", str(tmp_path / "merged.h5"), str(tmp_path / "s1.h5"),
                 str(tmp_path / "s0.h5"))
     assert r.returncode == 0, r.stderr
-    with h5py.File(tmp_path / "whole.h5") as a, h5py.File(tmp_path / "merged.h5") as b, \
-            h5py.File(tmp_path / "s0.h5") as s0:
-        assert s0["u"].shape[0] == 8
+    with h5py.File(tmp_path / "whole.h5") as a, h5py.File(tmp_path / "merged.h5") as b:
         assert sorted(a) == sorted(b)
         for name in a:
             np.testing.assert_array_equal(a[name][()], b[name][()], err_msg=name)
         assert dict(a.attrs) == dict(b.attrs)
+
+
+def test_sharded_encode_merges_to_the_unsharded_file(project: Path, tmp_path: Path) -> None:
+    # 20 images in batches of 8, 8, 4: shard 0 takes one batch, shard 1 two
+    run_whole_and_sharded(project, tmp_path, "encode", {"batch_size": 8}, ["encode-latents"])
+    with h5py.File(tmp_path / "s0.h5") as s0:
+        assert s0["u"].shape[0] == 8
     r = run_cli(project, "merge", str(tmp_path / "m2.h5"), str(tmp_path / "s0.h5"))
     assert r.returncode == 2 and "not one complete set of 2" in r.stderr
 
@@ -345,21 +353,5 @@ def test_sharded_encode_merges_to_the_unsharded_file(project: Path, tmp_path: Pa
                                   ["--var", "thickness", "--values", "1:3:3"]])
 def test_sharded_intervene_merges_to_the_unsharded_file(project: Path, tmp_path: Path,
                                                          what: list[str]) -> None:
-    raw = yaml.safe_load((project / "params.yaml").read_text())
-    raw["profiles"]["tiny"]["intervene"].update({"batch_size": 2, "max_images": 6})
-    small = tmp_path / "batch2.yaml"
-    small.write_text(yaml.safe_dump(raw))
-    common = ["intervene", "--params", str(small), "--steps", "2", *what]
-    for args in (["--out", str(tmp_path / "whole.h5")],
-                 ["--shard", "0/2", "--out", str(tmp_path / "s0.h5")],
-                 ["--shard", "1/2", "--out", str(tmp_path / "s1.h5")]):
-        r = run_cli(project, *common, *args)
-        assert r.returncode == 0, r.stderr
-    r = run_cli(project, "merge", str(tmp_path / "merged.h5"), str(tmp_path / "s0.h5"),
-                str(tmp_path / "s1.h5"))
-    assert r.returncode == 0, r.stderr
-    with h5py.File(tmp_path / "whole.h5") as a, h5py.File(tmp_path / "merged.h5") as b:
-        assert sorted(a) == sorted(b)
-        for name in a:
-            np.testing.assert_array_equal(a[name][()], b[name][()], err_msg=name)
-        assert dict(a.attrs) == dict(b.attrs)
+    run_whole_and_sharded(project, tmp_path, "intervene", {"batch_size": 2, "max_images": 6},
+                          ["intervene", "--steps", "2", *what])
