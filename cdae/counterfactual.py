@@ -127,6 +127,16 @@ class Factual:
 
 
 @dataclass
+class Encoded:
+    """What the encoder gives: u, z (N, K, d), style (N, style_dim) or None, parents (N, K) raw."""
+
+    u: torch.Tensor
+    z: torch.Tensor
+    style: torch.Tensor | None
+    parents: np.ndarray
+
+
+@dataclass
 class CounterfactualResult:
     """images uint8 (N, C, H, W); parents_factual / parents_cf (N, K) in raw units."""
 
@@ -256,6 +266,33 @@ class CounterfactualEngine:
         t_start = t0 if abduction is cfg.Abduction.PARTIAL else None
         return self.diffusion.ddim_sample(factual.x_T, self._eps_fn(c, guidance),
                                           self._steps_for(steps, t_start), t_start=t_start)
+
+    # ------------------------------------------------------------------ notebook helpers
+    @torch.no_grad()
+    def encode(self, images: np.ndarray, labels: np.ndarray | None = None) -> Encoded:
+        """uint8 images (N, C, H, W) -> u, z (N, K, d), style and parents (N, K) raw units.
+
+        No diffusion: the encoder (and, where ``labels`` (N, K) raw with NaN = unknown are given,
+        the labels through the mechanisms) gives the exogenous noise and the latents."""
+        x = to_unit(images).to(self.device)
+        y = (torch.as_tensor(labels, dtype=torch.float32, device=self.device)
+             if labels is not None else None)
+        ab = self.model.abduct(x, y)
+        parents = self.model.read_labels(ab.z)
+        if y is not None:
+            parents = torch.where(torch.isfinite(y), y, parents)
+        return Encoded(ab.u, ab.z, ab.style, parents.cpu().numpy())
+
+    @torch.no_grad()
+    def decode(self, x_T: torch.Tensor, z: torch.Tensor, *, style: torch.Tensor | None = None,
+               steps: int = 50, guidance: float = 0.0) -> np.ndarray:
+        """DDIM-decode x_T (N, C, H, W) from t = T with condition flatten(z) (z (N, K, d), plus
+        ``style`` when the model has a style block) -> uint8 images (N, C, H, W). With x_T from
+        :meth:`abduct` and its z this reconstructs the images; with x_T ~ N(0, I) it samples new
+        images with those latents."""
+        c = self.model.condition(z.to(self.device), style)
+        x = self.diffusion.ddim_sample(x_T.to(self.device), self._eps_fn(c, guidance), steps)
+        return to_uint8(x)
 
     # ------------------------------------------------------------------ one call
     @torch.no_grad()

@@ -21,6 +21,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -355,3 +356,25 @@ def test_sharded_intervene_merges_to_the_unsharded_file(project: Path, tmp_path:
                                                          what: list[str]) -> None:
     run_whole_and_sharded(project, tmp_path, "intervene", {"batch_size": 2, "max_images": 6},
                           ["intervene", "--steps", "2", *what])
+
+
+def test_python_api_encode_abduct_decode(project: Path) -> None:
+    from cdae.counterfactual import CounterfactualEngine, to_uint8, to_unit
+    from cdae.dataset import read_dataset
+
+    engine = CounterfactualEngine.load(project / "models/model.pt")
+    ds = read_dataset(project / "data/dataset.h5")
+    rows = ds.indices("test")[:4]
+    images, labels = ds.images[rows], ds.labels[rows]
+    enc = engine.encode(images, labels)
+    k, d = len(engine.graph.names), engine.model.d
+    assert enc.z.shape == (4, k, d) and enc.u.shape == (4, k, d)
+    np.testing.assert_allclose(enc.parents, labels, rtol=1e-5)  # labels win where given
+    fact = engine.abduct(to_unit(images), torch.as_tensor(labels, dtype=torch.float32), steps=3)
+    torch.testing.assert_close(fact.z, enc.z)
+    # decode(x_T, z) is prediction with the factual latents: the null counterfactual
+    np.testing.assert_array_equal(engine.decode(fact.x_T, fact.z, steps=3),
+                                  to_uint8(engine.predict(fact, fact.z, steps=3, guidance=0.0)))
+    result = engine.counterfactual(images, {"thickness": 2.0}, labels=labels, steps=3)
+    assert result.images.shape == images.shape
+    np.testing.assert_allclose(result.parents_cf[:, 0], 2.0)
