@@ -147,16 +147,23 @@ def _morpho_split(files: tuple[Path, Path, Path]) -> tuple[np.ndarray, np.ndarra
     return images[:, None], labels, np.arange(n, dtype=np.int64)
 
 
+def require_dir(value: str, key: str, source: str, what: str) -> Path:
+    """The folder a ``data.*`` setting names: ConfigError when the setting is empty, DataError
+    naming the path when it is not a directory."""
+    if not value:
+        raise ConfigError(f"data.{key}: empty, but data.source is {source}",
+                          hint=f"set it to the folder of {what}")
+    folder = Path(value)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: data.{key} does not exist", hint=f"fix data.{key}")
+    return folder
+
+
 def load_morphomnist(dp: DataParams, rng: np.random.Generator) -> ImportedData:
     """Morpho-MNIST files (DeepSCM layout) in ``data.idx_dir``; labels thickness, intensity,
     digit. Both splits when both are there; one split alone is split by ``data.test_fraction``
     (a log line says so)."""
-    if not dp.idx_dir:
-        raise ConfigError("data.idx_dir: empty, but data.source is morphomnist",
-                          hint="set it to the folder of the Morpho-MNIST files")
-    folder = Path(dp.idx_dir)
-    if not folder.is_dir():
-        raise DataError(f"{folder}: data.idx_dir does not exist", hint="fix data.idx_dir")
+    folder = require_dir(dp.idx_dir, "idx_dir", "morphomnist", "the Morpho-MNIST files")
     prefixes = (dp.train_prefix, dp.test_prefix)
     found = {code: _morpho_split_files(folder, prefix) for code, prefix in enumerate(prefixes)}
     present = {code: files for code, files in found.items() if files is not None}
@@ -336,12 +343,7 @@ def load_folder(dp: DataParams, graph: CausalGraph, rng: np.random.Generator) ->
     """Images of ``data.image_dir`` labelled by ``data.labels_csv`` for the graph's variables;
     the CSV's ``split`` column, else a random split by ``data.test_fraction``. Every image file
     of the folder (``IMAGE_SUFFIXES``, not recursive) must have a row."""
-    if not dp.image_dir:
-        raise ConfigError("data.image_dir: empty, but data.source is folder",
-                          hint="set it to the folder of your images")
-    folder = Path(dp.image_dir)
-    if not folder.is_dir():
-        raise DataError(f"{folder}: data.image_dir does not exist", hint="fix data.image_dir")
+    folder = require_dir(dp.image_dir, "image_dir", "folder", "your images")
     csv_path = Path(dp.labels_csv) if dp.labels_csv else folder / "labels.csv"
     table = read_labels_csv(csv_path, graph)
     listed = {(folder / name).resolve() for name in table.files}

