@@ -241,6 +241,11 @@ def intervene(params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt,
               strict: bool = typer.Option(False, help="refuse values outside the training "
                                           "support instead of warning"),
               shard: Optional[str] = ShardOpt,
+              skip_foreign: bool = typer.Option(
+                  False, "--skip-foreign", help="with --name alone: when the listed "
+                  "intervention sets a variable that the active graph lacks (one of another "
+                  "profile's graph), write its file with zero rows and a `skipped` attr and exit "
+                  "0 instead of failing (what dvc.yaml's intervene stages run)"),
               as_json: bool = JsonOpt) -> None:
     """Counterfactuals of the test images under do(var=value): abduct, act, predict.
 
@@ -255,6 +260,12 @@ def intervene(params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt,
         from cdae.errors import InterventionError
         from stages import intervene as stage
 
+        if skip_foreign and (name is None or var is not None or value is not None
+                             or values is not None or do):
+            raise InterventionError("--skip-foreign goes with --name alone",
+                                    hint="it skips a listed intervention whose variables are "
+                                    "not in the active graph, e.g. --name thickness_2 "
+                                    "--skip-foreign")
         if values is not None:
             if value is not None or do:
                 raise InterventionError("--values sweeps one --var; it does not go with --value "
@@ -286,6 +297,14 @@ def intervene(params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt,
             if name not in listed:
                 raise InterventionError(f"--name '{name}' is not in intervene.interventions",
                                         hint=f"listed: {', '.join(listed) or '(none)'}")
+            foreign = stage.foreign_variables(listed[name], p.graph)
+            if foreign and skip_foreign:
+                return stage.write_skipped(p, name, listed[name], out=str(out) if out else None)
+            if foreign:
+                raise InterventionError(
+                    f"--name '{name}': {stage.skip_reason(foreign, p.profile)}",
+                    hint=f"variables: {', '.join(p.graph.names)}; use the profile whose graph "
+                    "has it, or --skip-foreign to write an empty file as `dvc repro` does")
             items = [f"{k}={v}" for k, v in listed[name].items()]
         from cdae.counterfactual import parse_do
 
@@ -295,8 +314,11 @@ def intervene(params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt,
                          parents_from=parents_from, max_images=max_images, shard=shard)
 
     def text(r: dict[str, Any]) -> str:
-        from stages.intervene import FileKind
+        from stages.intervene import SKIPPED_ATTR, FileKind
 
+        if SKIPPED_ATTR in r:
+            return (f"intervene {r['name']}: skipped, {r[SKIPPED_ATTR]}; wrote {r['path']} "
+                    "with no counterfactuals")
         return _format_sweep(r) if r["kind"] == FileKind.SWEEP else _format_intervention(r)
 
     _emit(_run(go), as_json, text)
@@ -327,7 +349,9 @@ def render(params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt,
         return stage.run(_params(params, profile), rows=rows,
                          sweeps=[str(s) for s in sweep] or None)
 
-    _emit(_run(go), as_json, lambda r: "\n".join(f"wrote {f}" for f in r["figures"]))
+    _emit(_run(go), as_json, lambda r: "\n".join(
+        [f"wrote {f}" for f in r["figures"]]
+        + [f"left out {f}: {why}" for f, why in r.get("skipped", {}).items()]))
 
 
 @app.command()

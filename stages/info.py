@@ -51,12 +51,18 @@ def describe(path: str | Path) -> dict[str, object]:
                         "graph": ds.graph.describe()}
             kind = "counterfactuals" if "counterfactual" in f else "latents" \
                 if "x_T" in f else "hdf5"
+            extra: dict[str, object] = {}
             if kind == "counterfactuals":
-                from stages.intervene import FileKind, file_kind
+                from stages.intervene import FileKind, file_kind, skipped_reason
 
                 if file_kind(f.attrs) is FileKind.SWEEP:
                     kind = "sweep"
-            return {"kind": kind, "path": str(p),
+                if "index" in f:
+                    extra["images"] = int(f["index"].shape[0])
+                why = skipped_reason(f.attrs)
+                if why is not None:
+                    extra["skipped"] = why
+            return {"kind": kind, "path": str(p), **extra,
                     "datasets": {k: [list(f[k].shape), str(f[k].dtype)] for k in f},
                     "attrs": {k: (v.item() if hasattr(v, "item") else str(v))
                               for k, v in f.attrs.items()}}
@@ -81,7 +87,7 @@ def describe(path: str | Path) -> dict[str, object]:
 def format_info(r: dict[str, object]) -> str:
     lines = [f"{r['path']}: {r['kind']}"]
     for k in ("images", "image_shape", "train", "test", "source", "scm", "ground_truth", "step",
-              "total_steps", "parameters", "profile", "versions"):
+              "total_steps", "parameters", "profile", "versions", "skipped"):
         if k in r:
             lines.append(f"  {k}: {r[k]}")
     for v in r.get("variables", []):  # type: ignore[union-attr]

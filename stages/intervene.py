@@ -22,6 +22,11 @@ variable, the same images abducted once::
 
 Files written before ``kind`` existed have no such attr: they are interventions.
 
+``cdae intervene --name X --skip-foreign`` (what dvc.yaml runs for every listed intervention)
+writes, when X sets a variable the active graph lacks (an intervention of another profile's
+graph), the intervention layout with zero rows and attr ``skipped`` saying why; `render` leaves
+such files out.
+
 When the latents file of `encode-latents` matches (same checkpoint, DDIM steps and parents
 source, abduction ``invert``), its x_T is reused and only decoding runs.
 """
@@ -231,6 +236,62 @@ def _settings_attrs(s: _Setup, name: str, kind: FileKind) -> dict[str, object]:
             "units": json.dumps([graph.variable(n).unit for n in graph.names]),
             "guidance": s.ip.guidance, "steps": s.ip.steps, "abduction": s.ip.abduction.value,
             "parents_from": s.ip.parents_from.value, "model_step": s.engine.step}
+
+
+SKIPPED_ATTR = "skipped"  # attr of an intervention file with no rows: why it was skipped
+
+
+def foreign_variables(do: Any, graph: Any) -> list[str]:
+    """The variables that ``do`` ({name: value}) sets and ``graph`` does not have."""
+    return [k for k in do if k not in graph.names]
+
+
+def skip_reason(foreign: list[str], profile: str) -> str:
+    """``variable light_angle is not in this graph (profile default)``."""
+    what = (f"variable {foreign[0]} is" if len(foreign) == 1
+            else f"variables {', '.join(foreign)} are")
+    return f"{what} not in this graph (profile {profile})"
+
+
+def write_skipped(params: cfg.Params, name: str, do: Any, *,
+                  out: str | None = None) -> dict[str, object]:
+    """The file of listed intervention ``name`` whose ``do`` sets variables the active graph
+    lacks (one of another profile's graph; dvc.yaml runs every listed name): the intervention
+    layout with zero rows and a ``skipped`` attr saying why. Images are not touched and no
+    model is loaded; the dataset gives the image shape."""
+    import h5py
+
+    from cdae.dataset import read_dataset
+
+    graph = params.graph
+    reason = skip_reason(foreign_variables(do, graph), params.profile)
+    target = Path(out) if out else output_path(params.paths.counterfactuals_dir, name)
+    c, h, w = read_dataset(params.paths.dataset).image_shape
+    k, ip = len(graph.names), params.intervene
+    with atomic_path(target) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("index", (0,), np.int64)
+        for key in ("factual", "counterfactual"):
+            f.create_dataset(key, (0, c, h, w), np.uint8)
+        for key in ("parents_factual", "parents_cf"):
+            f.create_dataset(key, (0, k), np.float32)
+        f.attrs.update({"kind": FileKind.INTERVENTION.value, "name": name,
+                        "names": json.dumps(list(graph.names)),
+                        "units": json.dumps([graph.variable(n).unit for n in graph.names]),
+                        "guidance": ip.guidance, "steps": ip.steps,
+                        "abduction": ip.abduction.value, "parents_from": ip.parents_from.value,
+                        "do": json.dumps({v: float(x) for v, x in do.items()}),
+                        SKIPPED_ATTR: reason})
+    return {"name": name, "path": str(target), "kind": FileKind.INTERVENTION.value,
+            "images": 0, "do": dict(do), SKIPPED_ATTR: reason}
+
+
+def skipped_reason(attrs: Any) -> str | None:
+    """Why an intervene output holds no rows (its ``skipped`` attr), None if it was not
+    skipped."""
+    raw = attrs.get(SKIPPED_ATTR)
+    if raw is None:
+        return None
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
 def run(params: cfg.Params, do: dict[str, float], *, name: str | None = None,

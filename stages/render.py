@@ -7,6 +7,9 @@ image: the factual image, then the same digit at increasing values of VAR
 (``traversal_<var>_<file>.png`` when several sweeps share a variable). Under each image its
 parent values with units (factual, or counterfactual with the intervened ones marked ``*``; the
 others are what the model propagates); a legend at the bottom spells out the abbreviated names.
+
+Intervention files with no rows (``intervene --skip-foreign`` for an intervention of another
+profile's graph) are left out of the grid and listed in the result's ``skipped``.
 """
 
 from __future__ import annotations
@@ -60,13 +63,25 @@ class Annotation:
         return cls(tuple(names), units, cat)
 
 
-def _short(name: str) -> str:
-    return name[:5]
+SHORT = 5  # characters of a variable's name under an image (more where two would clash)
+
+
+def short_names(names: Sequence[str]) -> dict[str, str]:
+    """Each name's first SHORT characters, extended to the shortest prefix no other name of
+    ``names`` shares (``shadow_length``, ``shadow_position`` -> ``shadow_l``, ``shadow_p``)."""
+    out = {}
+    for n in names:
+        size = SHORT
+        while size < len(n) and any(o != n and o[:size] == n[:size] for o in names):
+            size += 1
+        out[n] = n[:size]
+    return out
 
 
 def _fmt(ann: Annotation, values: np.ndarray, marked: set[str]) -> list[str]:
     """One line per variable: ``thick* 2.00 [px]``; ``*`` = set by do."""
     out = []
+    short = short_names(ann.names)
     for n, unit, v in zip(ann.names, ann.units, values):
         star = "*" if n in marked else ""
         if not np.isfinite(v):
@@ -75,13 +90,14 @@ def _fmt(ann: Annotation, values: np.ndarray, marked: set[str]) -> list[str]:
             num = f"{int(round(float(v)))}"
         else:
             num = f"{v:.0f}" if abs(v) >= 10 else f"{v:.2f}"
-        out.append(f"{_short(n)}{star} {num}" + (f" [{unit}]" if unit else ""))
+        out.append(f"{short[n]}{star} {num}" + (f" [{unit}]" if unit else ""))
     return out
 
 
 def _legend(ann: Annotation) -> list[str]:
-    parts = [f"{_short(n)} = {n}" + (f" [{u}]" if u else "") for n, u in zip(ann.names, ann.units)
-             if _short(n) != n or u]
+    short = short_names(ann.names)
+    parts = [f"{short[n]} = {n}" + (f" [{u}]" if u else "") for n, u in zip(ann.names, ann.units)
+             if short[n] != n or u]
     return parts + ["* = set by do, the others as the model propagates them"]
 
 
@@ -205,25 +221,36 @@ def run(params: cfg.Params, *, rows: int | None = None,
     sweep files (``sweeps``, default: those in the counterfactuals folder)."""
     import h5py
 
-    from stages.intervene import FileKind, file_kind
+    from stages.intervene import FileKind, file_kind, skipped_reason
 
     rp = cfg.override(params.render, "render", rows=rows)
     folder = Path(params.paths.counterfactuals_dir)
     found = sorted(folder.glob("*.h5")) if folder.is_dir() else []
     interventions: list[Path] = []
     found_sweeps: list[Path] = []
+    skipped: dict[str, str] = {}  # file -> why it holds no rows
     for path in found:
         try:
             with h5py.File(path, "r") as f:
                 kind = file_kind(f.attrs)
-        except OSError as err:
+                rows_held = f["index"].shape[0]
+                why = skipped_reason(f.attrs)
+        except (OSError, KeyError) as err:
             raise _read_error(path, err) from None
+        if kind is FileKind.INTERVENTION and rows_held == 0:
+            skipped[str(path)] = why or "it holds no images"
+            continue
         (found_sweeps if kind is FileKind.SWEEP else interventions).append(path)
     sweep_files = [Path(s) for s in sweeps] if sweeps else found_sweeps
     for s in sweep_files:
         if not s.is_file():
             raise DataError(f"{s}: no such sweep file",
                             hint="make one with `cdae intervene --var VAR --values 1:4:7`")
+    if not interventions and not sweep_files and skipped:
+        raise DataError(f"{folder}: every counterfactual file holds no images ("
+                        + "; ".join(f"{Path(k).name}: {v}" for k, v in skipped.items()) + ")",
+                        hint="list interventions on this graph's variables in "
+                        "intervene.interventions")
     if not interventions and not sweep_files:
         raise DataError(f"{folder}: no counterfactual files to render",
                         hint="run `cdae intervene` first")
@@ -243,7 +270,7 @@ def run(params: cfg.Params, *, rows: int | None = None,
         sizes[str(target)] = _save(figure, target)
         figures.append(str(target))
     return {"figures": figures, "sizes": sizes, "columns": len(columns), "rows": rp.rows,
-            "sweeps": [str(s) for s in sweep_files]}
+            "sweeps": [str(s) for s in sweep_files], "skipped": skipped}
 
 
 def _grid_columns(files: list[Path], rows: int,

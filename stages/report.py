@@ -6,7 +6,9 @@ traversal strips of ``<paths.figures_dir>`` (written by `render`), and the metri
 ``paths.metrics`` (written by `evaluate`), one table per intervention with a line per metric
 saying what it measures. Every image is embedded as a base64 ``data:`` URI, so the file is
 self-contained: no network, no CDN, no JavaScript. A part whose input is missing is named in
-the page and in the result's ``missing`` list instead of failing the stage.
+the page and in the result's ``missing`` list instead of failing the stage. Interventions that
+`intervene` skipped (files of ``<paths.counterfactuals_dir>`` with a ``skipped`` attr: they set
+a variable this graph lacks) are named under the grid with the reason.
 """
 
 from __future__ import annotations
@@ -298,6 +300,25 @@ def _metrics_html(metrics: Mapping[str, Any], units: Mapping[str, str]) -> tuple
     return "".join(parts), names
 
 
+def skipped_interventions(folder: Path) -> dict[str, str]:
+    """{file stem: why} of the intervention files in ``folder`` that `intervene` skipped."""
+    import h5py
+
+    from stages.intervene import skipped_reason
+
+    out: dict[str, str] = {}
+    for path in sorted(folder.glob("*.h5")) if folder.is_dir() else []:
+        try:
+            with h5py.File(path, "r") as f:
+                why = skipped_reason(f.attrs)
+        except OSError as err:
+            raise DataError(f"{path}: cannot read counterfactual file ({err})",
+                            hint="re-run `cdae intervene`") from None
+        if why is not None:
+            out[path.stem] = why
+    return out
+
+
 def run(params: cfg.Params, *, out: str | None = None) -> dict[str, object]:
     """Write the report; returns its path, the number of images, metric names, missing parts."""
     target = Path(out) if out else Path(params.paths.report_dir) / REPORT_NAME
@@ -331,6 +352,11 @@ def run(params: cfg.Params, *, out: str | None = None) -> dict[str, object]:
     else:
         missing.append(f"counterfactual grid {grid_path} (run `cdae render`)")
         part += _missing(f"no counterfactual grid at {grid_path}")
+    skipped = skipped_interventions(Path(params.paths.counterfactuals_dir))
+    if skipped:
+        part += ("<p>Listed in <code>intervene.interventions</code> but skipped (no column): "
+                 + "; ".join(f"<code>{_esc(k)}</code>: {_esc(v)}" for k, v in skipped.items())
+                 + ".</p>")
     sections.append(part)
     strips = sorted(figures_dir.glob("traversal_*.png")) if figures_dir.is_dir() else []
     if strips:
@@ -370,4 +396,4 @@ def run(params: cfg.Params, *, out: str | None = None) -> dict[str, object]:
             "embedded, nothing is fetched.</p>" + "\n".join(sections) + "</body></html>\n")
     write_text(target, page)
     return {"path": str(target), "images": images, "metrics": metric_names,
-            "missing": missing, "bytes": len(page.encode())}
+            "missing": missing, "skipped": skipped, "bytes": len(page.encode())}
