@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -308,3 +309,126 @@ def test_stored_data_params_are_validated() -> None:
         config.data_from_json('{"pendulum": {"image_size": 3}}', "x.h5")
     with pytest.raises(ConfigError, match="x.h5: its stored data params are not valid JSON"):
         config.data_from_json("{", "x.h5")
+
+
+# ---------------------------------------------------------------------------- the DVC pipeline
+
+def test_every_listed_intervention_fits_a_profile_graph() -> None:
+    """dvc.yaml runs every base intervention under every profile; each must apply to the default
+    graph or a profile's, and the default and pendulum graphs must each get some."""
+    raw = base_raw()
+    graphs = {"default": config.resolve(raw).graph}
+    graphs.update({name: config.resolve(raw, name).graph for name in raw["profiles"]})
+    listed = config.resolve(raw).intervene.interventions
+    for name, do in listed.items():
+        assert any(set(do) <= set(g.names) for g in graphs.values()), name
+    for profile in ("default", "pendulum"):
+        fits = [n for n, do in listed.items() if set(do) <= set(graphs[profile].names)]
+        assert len(fits) >= 2, profile
+
+
+def test_short_names_under_images_are_unique() -> None:
+    from stages.render import short_names
+
+    short = short_names(P.VARIABLES)
+    assert len(set(short.values())) == len(P.VARIABLES)
+    assert short["shadow_length"] == "shadow_l" and short["light_angle"] == "light"
+    assert short_names(("thickness", "intensity", "digit")) == {
+        "thickness": "thick", "intensity": "inten", "digit": "digit"}
+
+
+def _stderr(r) -> str:
+    return (r.stderr if r.stderr else r.output).strip()
+
+
+def test_intervention_outside_the_graph_is_refused_or_skipped(params_file: Path) -> None:
+    import h5py
+
+    from stages.intervene import SKIPPED_ATTR
+
+    run = CliRunner().invoke
+    base = ["--params", str(params_file), "--profile", "pendulum"]
+    assert run(app, ["prepare-data", *base]).exit_code == 0
+    params = config.load(params_file, "pendulum")
+    target = Path(params.paths.counterfactuals_dir) / "thickness_2.h5"
+    # by hand: a hard one-line error, nothing written
+    for args, fragment in [
+            (["--name", "thickness_2"], "error: --name 'thickness_2': variable thickness is not "
+                                        "in this graph (profile pendulum)"),
+            (["--var", "thickness", "--value", "2"], "error: unknown variable 'thickness'"),
+            (["--var", "thickness", "--value", "2", "--skip-foreign"],
+             "error: --skip-foreign goes with --name alone"),
+            (["--name", "nope", "--skip-foreign"], "error: --name 'nope' is not in")]:
+        r = run(app, ["intervene", *base, *args])
+        assert r.exit_code == 2, r.output
+        assert _stderr(r).startswith(fragment) and len(_stderr(r).splitlines()) == 1
+    assert not target.exists()
+    # as dvc.yaml runs it: an empty file that says why, exit 0, no model needed
+    r = run(app, ["intervene", *base, "--name", "thickness_2", "--skip-foreign"])
+    assert r.exit_code == 0, r.output
+    assert r.stdout.strip() == (f"intervene thickness_2: skipped, variable thickness is not in "
+                                f"this graph (profile pendulum); wrote {target} with no "
+                                "counterfactuals")
+    with h5py.File(target) as f:
+        assert f["index"].shape == (0,) and f["counterfactual"].shape == (0, 3, 16, 16)
+        assert f["parents_cf"].shape == (0, 4)
+        assert f.attrs[SKIPPED_ATTR] == "variable thickness is not in this graph (profile " \
+                                        "pendulum)"
+        assert json.loads(f.attrs["do"]) == {"thickness": 2.0}
+    assert not list(target.parent.glob(".*.tmp-*"))
+    r = run(app, ["info", str(target), "--json"])
+    info = json.loads(r.stdout)
+    assert info["images"] == 0 and info["skipped"].startswith("variable thickness")
+
+
+def _fake_intervention(params: config.Params, name: str, do: dict[str, float]) -> Path:
+    """An intervention file as intervene writes it (images copied: no model needed)."""
+    import h5py
+
+    from cdae.dataset import read_dataset
+
+    ds = read_dataset(params.paths.dataset)
+    rows = ds.indices("test")
+    names = list(ds.graph.names)
+    pc = ds.labels[rows].astype(np.float32)
+    for var, value in do.items():
+        pc[:, names.index(var)] = value
+    path = Path(params.paths.counterfactuals_dir) / f"{name}.h5"
+    with h5py.File(path, "w") as f:
+        f["index"], f["factual"], f["counterfactual"] = rows, ds.images[rows], ds.images[rows]
+        f["parents_factual"], f["parents_cf"] = ds.labels[rows].astype(np.float32), pc
+        f.attrs.update({"kind": "intervention", "name": name, "do": json.dumps(do),
+                        "names": json.dumps(names),
+                        "units": json.dumps([ds.graph.variable(n).unit for n in names])})
+    return path
+
+
+def test_render_and_report_leave_out_skipped_files(params_file: Path) -> None:
+    from PIL import Image
+
+    run = CliRunner().invoke
+    base = ["--params", str(params_file), "--profile", "pendulum"]
+    assert run(app, ["prepare-data", *base]).exit_code == 0
+    assert run(app, ["intervene", *base, "--name", "thickness_2", "--skip-foreign"]).exit_code == 0
+    r = run(app, ["render", *base])  # only an empty file: nothing to draw, say why
+    assert r.exit_code == 2
+    assert _stderr(r).startswith("error: ") and "every counterfactual file holds no images " \
+        "(thickness_2.h5: variable thickness is not in this graph" in _stderr(r)
+    params = config.load(params_file, "pendulum")
+    _fake_intervention(params, "light_angle_60", {"light_angle": 60.0})
+    r = run(app, ["render", *base, "--json"])
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.stdout)
+    assert result["columns"] == 2  # factual + light_angle_60; no column for the empty file
+    empty = str(Path(params.paths.counterfactuals_dir) / "thickness_2.h5")
+    assert list(result["skipped"]) == [empty]
+    with Image.open(result["figures"][0]) as im:
+        assert list(im.size) == result["sizes"][result["figures"][0]]
+    assert "left out" in run(app, ["render", *base]).stdout
+    r = run(app, ["report", *base, "--json"])
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.stdout)
+    assert report["skipped"] == {"thickness_2": "variable thickness is not in this graph "
+                                                "(profile pendulum)"}
+    page = Path(report["path"]).read_text()
+    assert "<code>thickness_2</code>: variable thickness is not in this graph" in page

@@ -56,6 +56,12 @@ def test_dvc_repro_tiny(project: Path) -> None:
                   "intervene@intensity_120", "intervene@thickness_4", "render", "evaluate",
                   "report"):
         assert f"Running stage '{stage}'" in out, stage
+    # the base list's pendulum interventions run too, as empty files that say why
+    assert "Running stage 'intervene@light_angle_60'" in out
+    assert ("intervene light_angle_60: skipped, variable light_angle is not in this graph "
+            "(profile tiny)") in out
+    with h5py.File(project / "data/counterfactuals/light_angle_60.h5") as f:
+        assert f["counterfactual"].shape == (0, 1, 28, 28) and "skipped" in f.attrs
     with h5py.File(project / "data/dataset.h5") as f:
         assert f["images"].dtype == np.uint8 and f["images"].shape[1:] == (1, 28, 28)
         assert f["labels"].shape[1] == 3
@@ -70,7 +76,8 @@ def test_dvc_repro_tiny(project: Path) -> None:
         assert key in metrics
     assert "thickness_mae" in metrics["do_thickness"]
     assert (project / "reports/figures/counterfactuals.png").stat().st_size > 1000
-    assert "thickness_mae" in (project / "reports/report.html").read_text()
+    page = (project / "reports/report.html").read_text()
+    assert "thickness_mae" in page and "<code>light_angle_60</code>: variable light_angle" in page
 
     again = sh(["dvc", "repro"], project)
     assert "Running stage" not in again
@@ -259,7 +266,14 @@ def test_render_draws_traversal_strips(project: Path, sweep: dict) -> None:
     # the sweep is not a column of the grid; every intervention file is
     folder = project / "data/counterfactuals"
     singles = [p for p in folder.glob("*.h5") if not p.name.startswith("sweep_")]
-    assert result["columns"] == 1 + len(singles)
+    skipped = []
+    for path in singles:
+        with h5py.File(path) as f:
+            if f["index"].shape[0] == 0:
+                skipped.append(path.name)
+    assert sorted(Path(k).name for k in result["skipped"]) == sorted(skipped)
+    assert len(skipped) == 3  # light_angle_60, light_angle_120, pendulum_angle_30
+    assert result["columns"] == 1 + len(singles) - len(skipped)
     again = json.loads(sh([sys.executable, "-m", "cdae", "render", "--json", "--sweep",
                            "data/sweep_lin.h5"], project, stdout_only=True))
     assert again["sweeps"] == ["data/sweep_lin.h5"]
