@@ -1,11 +1,11 @@
 """Benchmark cdae.morpho on real Morpho-MNIST digits (../shared/data/morphomnist, t10k split).
 
-Usage:
-    python benchmarks/bench_morpho.py [N]                # speed run on N digits (default 2000)
+Usage (from the repo root):
+    python -m benchmarks.bench_morpho [N]                # speed run on N digits (default 2000)
         [--workers W]      processes for the batch run (default: all cores)
         [--ref-n M]        digits for the single-core set_thickness comparison (default min(N, 100))
         [--scales 4,8,16]  also time/score our set_thickness at these scales on the reference pairs
-    python benchmarks/bench_morpho.py --parity           # measure() on all 10,000 vs the reference
+    python -m benchmarks.bench_morpho --parity           # measure() on all 10,000 vs the reference
 
 Speed run:
   1. perturb_batch (set_thickness + set_intensity, uint8) and measure_batch on N digits with all
@@ -37,21 +37,18 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script from a checkout without installing
-    sys.path.insert(0, str(ROOT))
+from scipy import ndimage as ndi
+from skimage.morphology import disk, medial_axis
+from skimage.transform import pyramid_reduce
 
-from scipy import ndimage as ndi  # noqa: E402
-from skimage.morphology import disk, medial_axis  # noqa: E402
-from skimage.transform import pyramid_reduce  # noqa: E402
-
-from cdae import morpho  # noqa: E402
+from cdae import morpho
 
 try:
-    from threadpoolctl import threadpool_limits  # noqa: E402
+    from threadpoolctl import threadpool_limits
 except ImportError:  # pragma: no cover
     threadpool_limits = None
 
+ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "morphomnist"
 
 

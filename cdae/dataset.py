@@ -31,10 +31,12 @@ Readers validate shapes, dtypes and ranges before use and raise DataError naming
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -59,7 +61,9 @@ class Split(IntEnum):
 
 @dataclass
 class Dataset:
-    """An in-memory prepared dataset (see module docstring for the meaning of each array)."""
+    """A prepared dataset (see module docstring for the meaning of each array): in memory from
+    :func:`read_dataset`; from :func:`open_dataset` ``images`` and ``base_images`` are
+    :class:`RowReader` views that read rows from the open file."""
 
     images: np.ndarray
     labels: np.ndarray
@@ -189,49 +193,113 @@ def validate(ds: Dataset, where: str) -> None:
                         hint="re-run prepare-data")
 
 
+class RowReader:
+    """A row-indexed view of an image dataset (N, ...) in an open HDF5 file: ``reader[rows]``
+    reads only those rows (any order, repeats allowed; a slice or one int works too), so a
+    stage can stream a large file batch by batch. Offers ``shape``, ``dtype``, ``ndim`` and
+    ``len()`` like the array it stands for; ``reader[()]`` reads everything."""
+
+    def __init__(self, dset) -> None:  # an h5py.Dataset
+        self._dset = dset
+        self.shape: tuple[int, ...] = tuple(dset.shape)
+        self.dtype = dset.dtype
+        self.ndim = len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key):
+        if isinstance(key, (slice, tuple)) or np.isscalar(key):
+            return self._dset[key]
+        rows = np.asarray(key)
+        if rows.dtype == bool:
+            rows = np.flatnonzero(rows)
+        if rows.ndim != 1:
+            raise IndexError(f"rows must be one-dimensional, got shape {rows.shape}")
+        rows = rows.astype(np.int64)
+        if rows.size == 0:
+            return np.empty((0,) + self.shape[1:], self.dtype)
+        if rows.min() < 0 or rows.max() >= self.shape[0]:
+            raise IndexError(f"rows outside 0..{self.shape[0] - 1}")
+        uniq, inverse = np.unique(rows, return_inverse=True)  # sorted, as HDF5 needs
+        lo, hi = int(uniq[0]), int(uniq[-1]) + 1
+        if hi - lo <= max(4 * uniq.size, 256):  # dense enough: one contiguous read
+            block = self._dset[lo:hi][uniq - lo]
+        else:
+            block = self._dset[uniq]
+        return block[inverse.ravel()]
+
+
 def read_dataset(path: str | Path) -> Dataset:
-    """Read and validate a dataset file; DataError for missing, corrupt or foreign files."""
+    """Read and validate a dataset file, every array in memory; DataError for missing, corrupt
+    or foreign files. :func:`open_dataset` streams the images instead."""
+    with open_dataset(path, lazy=False) as ds:
+        return ds
+
+
+@contextlib.contextmanager
+def open_dataset(path: str | Path, *, lazy: bool = True) -> Iterator[Dataset]:
+    """The dataset file, validated, with ``images`` and ``base_images`` as :class:`RowReader`
+    views that read rows on demand while the ``with`` block keeps the file open (``lazy``).
+
+    Resident: labels (float64), label_mask, split, noise, base_index, source_index: O(N) small
+    arrays, tens of bytes per image, against 784 bytes of a 28x28 image."""
     import h5py
 
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{p}: dataset file not found", hint="run `cdae prepare-data` first")
     try:
-        with h5py.File(p, "r") as f:
-            version = int(f.attrs.get("schema_version", -1))
-            if version < 0:
-                raise DataError(f"{p}: not a cdae dataset (no schema_version)",
-                                hint="run `cdae prepare-data` to make one")
-            if version > SCHEMA_VERSION:
-                raise DataError(f"{p}: written by a newer cdae (schema {version} > "
-                                f"{SCHEMA_VERSION})", hint="upgrade cdae")
-            missing = [k for k in ("images", "labels", "label_mask", "split") if k not in f]
-            if missing:
-                raise DataError(f"{p}: missing dataset '{missing[0]}'", hint="re-run prepare-data")
-            graph = CausalGraph.from_json(f.attrs["graph"])
-            ds = Dataset(
-                images=f["images"][()],
-                labels=f["labels"][()].astype(np.float64),
-                label_mask=f["label_mask"][()].astype(bool),
-                split=f["split"][()],
-                graph=graph,
-                label_mean=np.asarray(f.attrs["label_mean"], np.float64),
-                label_std=np.asarray(f.attrs["label_std"], np.float64),
-                noise=f["noise"][()] if "noise" in f else None,
-                noise_names=tuple(json.loads(f.attrs.get("noise_names", "[]"))),
-                base_index=f["base_index"][()] if "base_index" in f else None,
-                base_images=f["base_images"][()] if "base_images" in f else None,
-                scm=str(f.attrs.get("scm", "")),
-                source=str(f.attrs.get("source", "")),
-                data_params=str(f.attrs.get("data_params", "")),
-                has_ground_truth=bool(f.attrs.get("has_ground_truth", "noise" in f)),
-                source_index=f["source_index"][()] if "source_index" in f else None,
-            )
-    except DataError:
-        raise
-    except (OSError, KeyError, ValueError) as err:
-        raise DataError(f"{p}: cannot read the dataset file ({type(err).__name__}: "
-                        f"{str(err).splitlines()[0] if str(err) else 'corrupt'})",
-                        hint="delete it and re-run `cdae prepare-data`") from None
-    validate(ds, str(p))
-    return ds
+        f = h5py.File(p, "r")
+    except OSError as err:
+        raise _unreadable(p, err) from None
+    with f:
+        try:
+            ds = _load(f, p, lazy)
+        except DataError:
+            raise
+        except (OSError, KeyError, ValueError) as err:
+            raise _unreadable(p, err) from None
+        validate(ds, str(p))
+        yield ds
+
+
+def _unreadable(p: Path, err: Exception) -> DataError:
+    return DataError(f"{p}: cannot read the dataset file ({type(err).__name__}: "
+                     f"{str(err).splitlines()[0] if str(err) else 'corrupt'})",
+                     hint="delete it and re-run `cdae prepare-data`")
+
+
+def _load(f, p: Path, lazy: bool) -> Dataset:
+    version = int(f.attrs.get("schema_version", -1))
+    if version < 0:
+        raise DataError(f"{p}: not a cdae dataset (no schema_version)",
+                        hint="run `cdae prepare-data` to make one")
+    if version > SCHEMA_VERSION:
+        raise DataError(f"{p}: written by a newer cdae (schema {version} > "
+                        f"{SCHEMA_VERSION})", hint="upgrade cdae")
+    missing = [k for k in ("images", "labels", "label_mask", "split") if k not in f]
+    if missing:
+        raise DataError(f"{p}: missing dataset '{missing[0]}'", hint="re-run prepare-data")
+
+    def big(name: str):
+        return RowReader(f[name]) if lazy else f[name][()]
+
+    return Dataset(
+        images=big("images"),
+        labels=f["labels"][()].astype(np.float64),
+        label_mask=f["label_mask"][()].astype(bool),
+        split=f["split"][()],
+        graph=CausalGraph.from_json(f.attrs["graph"]),
+        label_mean=np.asarray(f.attrs["label_mean"], np.float64),
+        label_std=np.asarray(f.attrs["label_std"], np.float64),
+        noise=f["noise"][()] if "noise" in f else None,
+        noise_names=tuple(json.loads(f.attrs.get("noise_names", "[]"))),
+        base_index=f["base_index"][()] if "base_index" in f else None,
+        base_images=big("base_images") if "base_images" in f else None,
+        scm=str(f.attrs.get("scm", "")),
+        source=str(f.attrs.get("source", "")),
+        data_params=str(f.attrs.get("data_params", "")),
+        has_ground_truth=bool(f.attrs.get("has_ground_truth", "noise" in f)),
+        source_index=f["source_index"][()] if "source_index" in f else None,
+    )

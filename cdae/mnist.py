@@ -96,7 +96,12 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def _read_bytes(path: PathLike) -> tuple[Path, bytes]:
+_PIECE = 1 << 20  # bytes read at a time: the file is never held twice in memory
+
+
+def _read_idx(path: PathLike, magic: int, kind: str) -> tuple[Path, tuple[int, ...], np.ndarray]:
+    """Header checks, then the data read straight into its array, one piece at a time (a
+    .gz file is decompressed as it is read): peak memory is the array itself."""
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{p}: file not found", hint="check the data path")
@@ -106,58 +111,71 @@ def _read_bytes(path: PathLike) -> tuple[Path, bytes]:
             fh.seek(0)
             if head == b"\x1f\x8b":
                 with gzip.GzipFile(fileobj=fh) as gz:
-                    return p, gz.read()
-            return p, fh.read()
+                    return p, *_parse_idx(p, gz, magic, kind)
+            return p, *_parse_idx(p, fh, magic, kind)
     except (OSError, EOFError) as exc:
         raise DataError(f"{p}: cannot read ({_one_line(exc)}); the file is truncated or corrupt",
                         hint="download it again") from exc
 
 
-def _read_idx(path: PathLike, magic: int, kind: str) -> tuple[Path, tuple[int, ...], np.ndarray]:
-    p, raw = _read_bytes(path)
+def _parse_idx(p: Path, stream, magic: int, kind: str) -> tuple[tuple[int, ...], np.ndarray]:
     ndim = magic & 0xFF
     header = 4 + 4 * ndim
-    if len(raw) < 4:
-        raise DataError(f"{p}: too short to be an IDX {kind} file ({len(raw)} bytes)",
+    start = stream.read(4)
+    if len(start) < 4:
+        raise DataError(f"{p}: too short to be an IDX {kind} file ({len(start)} bytes)",
                         hint="check the path and download it again")
-    found = int.from_bytes(raw[:4], "big")
+    found = int.from_bytes(start, "big")
     if found != magic:
         raise DataError(
             f"{p}: bad IDX magic number 0x{found:08x}, expected 0x{magic:08x} for {kind}",
             hint="is this the right file (images vs labels) and not corrupt?",
         )
-    if len(raw) < header:
-        raise DataError(f"{p}: truncated IDX header ({len(raw)} bytes, need {header})",
+    rest = stream.read(header - 4)
+    if len(rest) < header - 4:
+        raise DataError(f"{p}: truncated IDX header ({4 + len(rest)} bytes, need {header})",
                         hint="download it again")
-    dims = tuple(int.from_bytes(raw[4 + 4 * k : 8 + 4 * k], "big") for k in range(ndim))
+    dims = tuple(int.from_bytes(rest[4 * k : 4 + 4 * k], "big") for k in range(ndim))
     expected = int(np.prod(dims, dtype=np.int64))
-    actual = len(raw) - header
+    data = np.empty(expected, dtype=np.uint8)
+    view = memoryview(data)
+    actual = 0
+    while actual < expected:
+        got = stream.readinto(view[actual : actual + _PIECE])
+        if not got:
+            break
+        actual += got
     if actual < expected:
         raise DataError(
             f"{p}: truncated: header declares {'x'.join(map(str, dims))} = {expected} bytes of data "
             f"but only {actual} are present",
             hint="download it again",
         )
-    if actual > expected:
+    extra = 0
+    while True:
+        more = stream.read(_PIECE)
+        if not more:
+            break
+        extra += len(more)
+    if extra:
         raise DataError(
-            f"{p}: {actual - expected} unexpected bytes after the {'x'.join(map(str, dims))} data "
+            f"{p}: {extra} unexpected bytes after the {'x'.join(map(str, dims))} data "
             "the header declares",
             hint="the file is corrupt; download it again",
         )
-    data = np.frombuffer(raw, dtype=np.uint8, count=expected, offset=header)
-    return p, dims, data
+    return dims, data
 
 
 def read_idx_images(path: PathLike) -> np.ndarray:
     """Images from an IDX3 unsigned-byte file (.gz or raw) as uint8 (N, H, W)."""
     _, dims, data = _read_idx(path, _IMAGES_MAGIC, "images")
-    return data.reshape(dims).copy()
+    return data.reshape(dims)
 
 
 def read_idx_labels(path: PathLike) -> np.ndarray:
     """Labels from an IDX1 unsigned-byte file (.gz or raw) as uint8 (N,)."""
     _, dims, data = _read_idx(path, _LABELS_MAGIC, "labels")
-    return data.reshape(dims).copy()
+    return data.reshape(dims)
 
 
 def load_idx_pair(images_path: PathLike, labels_path: PathLike) -> tuple[np.ndarray, np.ndarray]:

@@ -14,9 +14,11 @@ fixed seed)::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -63,87 +65,130 @@ def run(params: cfg.Params, *, split: str | None = None, steps: int | None = Non
     import torch
 
     from cdae.counterfactual import CounterfactualEngine, to_unit
-    from cdae.dataset import read_dataset
+    from cdae.dataset import open_dataset
 
     ep = cfg.override(params.encode, "encode", split=split, steps=steps)
     ip = params.intervene
     model_path = Path(params.paths.model_dir) / "model.pt"
     engine = CounterfactualEngine.load(model_path)
     engine.inversion_iters = params.diffusion.inversion_iters
-    ds = read_dataset(params.paths.dataset)
-    from stages.intervene import check_compatible
+    with open_dataset(params.paths.dataset) as ds:  # images streamed batch by batch
+        from stages.intervene import check_compatible
 
-    check_compatible(engine, ds.graph, str(params.paths.dataset), model_path, ds.image_shape)
-    part = parse_shard(shard)
-    idx_all = select(ds, ep.split, ep.max_images)
-    rows_sel = part.rows(idx_all.size, ep.batch_size)
-    idx = idx_all[rows_sel]
-    k, d = len(engine.graph.names), engine.model.d
-    target = Path(out) if out else part.path(Path(params.paths.latents))
-    c, h, w = ds.image_shape
-    use_labels = ip.parents_from is cfg.ParentsFrom.LABELS
-    with atomic_path(target) as tmp, h5py.File(tmp, "w") as f, \
-            Progress(idx.size, "encode-latents", unit="img") as bar:
-        f.create_dataset("index", data=idx.astype(np.int64))
-        chunk = max(1, min(ep.batch_size, idx.size))
-        du = f.create_dataset("u", (idx.size, k, d), np.float32, chunks=(chunk, k, d))
-        dz = f.create_dataset("z", (idx.size, k, d), np.float32, chunks=(chunk, k, d))
-        dp = f.create_dataset("parents", (idx.size, k), np.float32)
-        dx = f.create_dataset("x_T", (idx.size, c, h, w), np.float32, chunks=(chunk, c, h, w))
-        for lo in range(0, idx.size, ep.batch_size):
-            rows = idx[lo:lo + ep.batch_size]
-            x = to_unit(ds.images[rows]).to(engine.device)
-            y = (torch.as_tensor(ds.labels[rows], dtype=torch.float32, device=engine.device)
-                 if use_labels else None)
-            fact = engine.abduct(x, y, steps=ep.steps, abduction=cfg.Abduction.INVERT)
-            sl = slice(lo, lo + rows.size)
-            du[sl] = fact.u.cpu().numpy()
-            dz[sl] = fact.z.cpu().numpy()
-            dp[sl] = fact.parents.cpu().numpy()
-            dx[sl] = fact.x_T.cpu().numpy()
-            bar.advance(rows.size)
-        f.attrs.update({"schema_version": SCHEMA_VERSION, "split": ep.split, "steps": ep.steps,
-                        "abduction": cfg.Abduction.INVERT.value,
-                        "inversion_iters": engine.inversion_iters,
-                        "parents_from": ip.parents_from.value,
-                        "checkpoint_sha256": file_sha256(model_path),
-                        "names": json.dumps(list(engine.graph.names)),
-                        **shard_attrs(part, rows_sel, {n: 0 for n in PER_IMAGE})})
+        check_compatible(engine, ds.graph, str(params.paths.dataset), model_path, ds.image_shape)
+        part = parse_shard(shard)
+        idx_all = select(ds, ep.split, ep.max_images)
+        rows_sel = part.rows(idx_all.size, ep.batch_size)
+        idx = idx_all[rows_sel]
+        k, d = len(engine.graph.names), engine.model.d
+        target = Path(out) if out else part.path(Path(params.paths.latents))
+        c, h, w = ds.image_shape
+        use_labels = ip.parents_from is cfg.ParentsFrom.LABELS
+        with atomic_path(target) as tmp, h5py.File(tmp, "w") as f, \
+                Progress(idx.size, "encode-latents", unit="img") as bar:
+            f.create_dataset("index", data=idx.astype(np.int64))
+            b = min(ep.batch_size, idx.size)  # one HDF5 chunk per batch (none for 0 rows)
+
+            def per_image(name: str, shape: tuple[int, ...]):
+                return f.create_dataset(name, (idx.size, *shape), np.float32,
+                                        chunks=(b, *shape) if b else None)
+
+            du, dz = per_image("u", (k, d)), per_image("z", (k, d))
+            dp, dx = per_image("parents", (k,)), per_image("x_T", (c, h, w))
+            for lo in range(0, idx.size, ep.batch_size):
+                rows = idx[lo:lo + ep.batch_size]
+                x = to_unit(ds.images[rows]).to(engine.device)
+                y = (torch.as_tensor(ds.labels[rows], dtype=torch.float32, device=engine.device)
+                     if use_labels else None)
+                fact = engine.abduct(x, y, steps=ep.steps, abduction=cfg.Abduction.INVERT)
+                sl = slice(lo, lo + rows.size)
+                du[sl] = fact.u.cpu().numpy()
+                dz[sl] = fact.z.cpu().numpy()
+                dp[sl] = fact.parents.cpu().numpy()
+                dx[sl] = fact.x_T.cpu().numpy()
+                bar.advance(rows.size)
+            f.attrs.update({"schema_version": SCHEMA_VERSION, "split": ep.split, "steps": ep.steps,
+                            "abduction": cfg.Abduction.INVERT.value,
+                            "inversion_iters": engine.inversion_iters,
+                            "parents_from": ip.parents_from.value,
+                            "checkpoint_sha256": file_sha256(model_path),
+                            "names": json.dumps(list(engine.graph.names)),
+                            **shard_attrs(part, rows_sel, {n: 0 for n in PER_IMAGE})})
     log.info("wrote %s: %d images of the %s split (DDIM inversion, %d steps%s)", target,
              idx.size, ep.split, ep.steps, f", shard {part}" if part.enabled else "")
     return {"path": str(target), "images": int(idx.size), "steps": ep.steps}
 
 
-def load_cached(path: str | Path, model_path: str | Path, rows: np.ndarray, steps: int,
+class CachedRows:
+    """Rows ``positions`` of one per-image dataset of an open latents file; ``[sl]`` reads the
+    rows of positions ``sl`` (a slice of the caller's rows) from disk."""
+
+    def __init__(self, dset, positions: np.ndarray) -> None:
+        from cdae.dataset import RowReader
+
+        self._rows = RowReader(dset)
+        self._positions = positions
+        self.shape = (positions.size,) + tuple(dset.shape[1:])
+
+    def __getitem__(self, sl: slice) -> np.ndarray:
+        return self._rows[self._positions[sl]]
+
+
+CACHE_KEYS = ("u", "z", "parents", "x_T")
+
+
+@contextlib.contextmanager
+def open_cached(path: str | Path, model_path: str | Path, rows: np.ndarray, steps: int,
                 parents_from: cfg.ParentsFrom,
-                inversion_iters: int) -> dict[str, np.ndarray] | None:
+                inversion_iters: int) -> Iterator[dict[str, CachedRows] | None]:
     """Cached u, z, parents, x_T for dataset ``rows`` when the latents file matches the model,
-    the DDIM steps and the abduction settings; otherwise None (the caller re-abducts)."""
+    the DDIM steps and the abduction settings, else None (the caller re-abducts). Each is read
+    from the file on demand (``cache["x_T"][lo:hi]``: the rows ``rows[lo:hi]``) while the
+    ``with`` block keeps it open; only the index (int64 per image) is held in memory."""
     import h5py
 
     p = Path(path)
     if not p.is_file():
-        return None
+        yield None
+        return
     try:
-        with h5py.File(p, "r") as f:
-            a = f.attrs
-            if (int(a.get("schema_version", -1)) != SCHEMA_VERSION or int(a["steps"]) != steps
-                    or a["parents_from"] != parents_from.value
-                    or int(a.get("inversion_iters", -1)) != inversion_iters
-                    or a["checkpoint_sha256"] != file_sha256(model_path)):
-                return None
-            index = f["index"][()]
-            pos = {int(r): i for i, r in enumerate(index)}
-            if not all(int(r) in pos for r in rows):
-                return None
-            sel = np.array([pos[int(r)] for r in rows])
-            order = np.argsort(sel)
-            inv = np.empty_like(order)
-            inv[order] = np.arange(order.size)
-            out = {}
-            for key in ("u", "z", "parents", "x_T"):
-                out[key] = f[key][np.sort(sel)][inv]
-            return out
-    except (OSError, KeyError) as err:
+        f = h5py.File(p, "r")
+    except OSError as err:
         log.warning("ignoring latents cache %s (%s)", p, err)
+        yield None
+        return
+    with f:
+        try:
+            cache = _match(f, model_path, rows, steps, parents_from, inversion_iters)
+        except (OSError, KeyError) as err:
+            log.warning("ignoring latents cache %s (%s)", p, err)
+            cache = None
+        yield cache
+
+
+def _match(f, model_path: str | Path, rows: np.ndarray, steps: int,
+           parents_from: cfg.ParentsFrom, inversion_iters: int) -> dict[str, CachedRows] | None:
+    a = f.attrs
+    if (int(a.get("schema_version", -1)) != SCHEMA_VERSION or int(a["steps"]) != steps
+            or a["parents_from"] != parents_from.value
+            or int(a.get("inversion_iters", -1)) != inversion_iters
+            or a["checkpoint_sha256"] != file_sha256(model_path)):
         return None
+    index = f["index"][()]
+    order = np.argsort(index, kind="stable")
+    found = np.searchsorted(index[order], rows)
+    found = np.minimum(found, max(index.size - 1, 0))
+    if index.size == 0 or not np.array_equal(index[order][found], rows):
+        return None
+    positions = order[found]
+    if any(f[key].shape[0] != index.size for key in CACHE_KEYS):
+        return None
+    return {key: CachedRows(f[key], positions) for key in CACHE_KEYS}
+
+
+def load_cached(path: str | Path, model_path: str | Path, rows: np.ndarray, steps: int,
+                parents_from: cfg.ParentsFrom,
+                inversion_iters: int) -> dict[str, np.ndarray] | None:
+    """:func:`open_cached` read whole into memory (small runs, tests)."""
+    with open_cached(path, model_path, rows, steps, parents_from, inversion_iters) as cache:
+        return None if cache is None else {k: v[:] for k, v in cache.items()}

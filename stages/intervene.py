@@ -33,6 +33,7 @@ source, abduction ``invert``), its x_T is reused and only decoding runs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from dataclasses import dataclass
@@ -53,6 +54,7 @@ if TYPE_CHECKING:  # heavy (torch): imported inside the functions at run time
 
     from cdae.counterfactual import CounterfactualEngine, Factual
     from cdae.dataset import Dataset
+    from stages.encode_latents import CachedRows
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.=+-]")
 
@@ -146,11 +148,12 @@ class _Setup:
     ds: Dataset
     ip: cfg.InterveneParams
     rows: np.ndarray  # (N,) dataset rows (this shard's)
-    cache: dict[str, np.ndarray] | None  # encode-latents' u, z, x_T, parents when they match
+    cache: dict[str, CachedRows] | None  # encode-latents' u, z, x_T, parents when they match
     generator: torch.Generator  # for noise abduction, reseeded per batch
     seed: int
     shard: Shard
     shard_rows: slice  # this shard's positions among the selected rows of the split
+    files: contextlib.ExitStack  # keeps the dataset and latents files open: close when done
 
 
 def _setup(params: cfg.Params, label: str,
@@ -161,40 +164,47 @@ def _setup(params: cfg.Params, label: str,
     import torch
 
     from cdae.counterfactual import CounterfactualEngine
-    from cdae.dataset import read_dataset
-    from stages.encode_latents import load_cached, select
+    from cdae.dataset import open_dataset
+    from stages.encode_latents import open_cached, select
 
     ip = cfg.override(params.intervene, "intervene", **overrides)
     model_path = Path(params.paths.model_dir) / "model.pt"
     engine = CounterfactualEngine.load(model_path)
     engine.inversion_iters = params.diffusion.inversion_iters
     notes = validate(engine)
-    ds = read_dataset(params.paths.dataset)
-    check_compatible(engine, params.graph, "params.yaml", model_path)
-    check_compatible(engine, ds.graph, str(params.paths.dataset), model_path, ds.image_shape)
-    part = parse_shard(shard)
-    rows_all = select(ds, ip.split, ip.max_images)
-    shard_rows = part.rows(rows_all.size, ip.batch_size)
-    rows = rows_all[shard_rows]
-    cache = None
-    if ip.abduction is cfg.Abduction.INVERT:
-        cache = load_cached(params.paths.latents, model_path, rows, ip.steps, ip.parents_from,
-                            engine.inversion_iters)
+    with contextlib.ExitStack() as stack:  # handed to the caller unless this fails
+        ds = stack.enter_context(open_dataset(params.paths.dataset))  # images read per batch
+        check_compatible(engine, params.graph, "params.yaml", model_path)
+        check_compatible(engine, ds.graph, str(params.paths.dataset), model_path,
+                         ds.image_shape)
+        part = parse_shard(shard)
+        rows_all = select(ds, ip.split, ip.max_images)
+        shard_rows = part.rows(rows_all.size, ip.batch_size)
+        rows = rows_all[shard_rows]
+        cache = None
+        if ip.abduction is cfg.Abduction.INVERT:
+            cache = stack.enter_context(open_cached(
+                params.paths.latents, model_path, rows, ip.steps, ip.parents_from,
+                engine.inversion_iters))
+        files = stack.pop_all()
     log.info("%s on %d images (%s abduction%s, %d DDIM steps, guidance %g%s)", label,
              rows.size, ip.abduction.value, ", cached x_T" if cache else "", ip.steps,
              ip.guidance, f", shard {part}" if part.enabled else "")
     gen = torch.Generator(device=engine.device)
-    return _Setup(engine, ds, ip, rows, cache, gen, params.seed, part, shard_rows), notes
+    return _Setup(engine, ds, ip, rows, cache, gen, params.seed, part, shard_rows,
+                  files), notes
 
 
-def _abduct_batch(s: _Setup, sel: np.ndarray, sl: slice) -> Factual:
-    """Abduction for dataset rows ``sel`` (positions ``sl`` in ``s.rows``) -> Factual."""
+def _abduct_batch(s: _Setup, sel: np.ndarray, sl: slice,
+                  images: np.ndarray | None = None) -> Factual:
+    """Abduction for dataset rows ``sel`` (positions ``sl`` in ``s.rows``) -> Factual;
+    ``images``: those rows' uint8 images when the caller has read them already."""
     import torch
 
     from cdae.counterfactual import Factual, to_unit
 
     engine, ip = s.engine, s.ip
-    x = to_unit(s.ds.images[sel]).to(engine.device)
+    x = to_unit(s.ds.images[sel] if images is None else images).to(engine.device)
     if s.cache is not None:
         dev = engine.device
         z = torch.as_tensor(s.cache["z"][sl], device=dev)
@@ -318,30 +328,34 @@ def run(params: cfg.Params, do: dict[str, float], *, name: str | None = None,
     s, notes = _setup(params, f"intervene {name}", validate, shard, guidance=guidance,
                       steps=steps, abduction=abduction, parents_from=parents_from,
                       max_images=max_images)
-    engine, ds, ip, rows = s.engine, s.ds, s.ip, s.rows
-    target = (Path(out) if out
-              else s.shard.path(output_path(params.paths.counterfactuals_dir, name)))
-    c, h, w = ds.image_shape
-    k = len(engine.graph.names)
-    with atomic_path(target) as tmp, h5py.File(tmp, "w") as f, \
-            Progress(rows.size, f"intervene {name}", unit="img") as bar:
-        f.create_dataset("index", data=rows.astype(np.int64))
-        f.create_dataset("factual", data=ds.images[rows])
-        dcf = f.create_dataset("counterfactual", (rows.size, c, h, w), np.uint8)
-        dpf = f.create_dataset("parents_factual", (rows.size, k), np.float32)
-        dpc = f.create_dataset("parents_cf", (rows.size, k), np.float32)
-        for lo in range(0, rows.size, ip.batch_size):
-            sel = rows[lo:lo + ip.batch_size]
-            sl = slice(lo, lo + sel.size)
-            fact = _abduct_batch(s, sel, sl)
-            dcf[sl], dpc[sl] = _act_predict(s, fact, checked)
-            dpf[sl] = fact.parents.cpu().numpy()
-            bar.advance(sel.size)
-        pf, pcf = dpf[()], dpc[()]
-        f.attrs.update(_settings_attrs(s, name, FileKind.INTERVENTION))
-        f.attrs["do"] = json.dumps(checked)
-        f.attrs.update(shard_attrs(s.shard, s.shard_rows, dict.fromkeys(
-            ("index", "factual", "counterfactual", "parents_factual", "parents_cf"), 0)))
+    with s.files:  # the dataset (and latents) file, read batch by batch
+        engine, ds, ip, rows = s.engine, s.ds, s.ip, s.rows
+        target = (Path(out) if out
+                  else s.shard.path(output_path(params.paths.counterfactuals_dir, name)))
+        c, h, w = ds.image_shape
+        k = len(engine.graph.names)
+        with atomic_path(target) as tmp, h5py.File(tmp, "w") as f, \
+                Progress(rows.size, f"intervene {name}", unit="img") as bar:
+            f.create_dataset("index", data=rows.astype(np.int64))
+            chunk = (min(rows.size, ip.batch_size), c, h, w) if rows.size else None
+            dfa = f.create_dataset("factual", (rows.size, c, h, w), np.uint8, chunks=chunk)
+            dcf = f.create_dataset("counterfactual", (rows.size, c, h, w), np.uint8,
+                                   chunks=chunk)
+            dpf = f.create_dataset("parents_factual", (rows.size, k), np.float32)
+            dpc = f.create_dataset("parents_cf", (rows.size, k), np.float32)
+            for lo in range(0, rows.size, ip.batch_size):
+                sel = rows[lo:lo + ip.batch_size]
+                sl = slice(lo, lo + sel.size)
+                dfa[sl] = images = ds.images[sel]
+                fact = _abduct_batch(s, sel, sl, images)
+                dcf[sl], dpc[sl] = _act_predict(s, fact, checked)
+                dpf[sl] = fact.parents.cpu().numpy()
+                bar.advance(sel.size)
+            pf, pcf = dpf[()], dpc[()]
+            f.attrs.update(_settings_attrs(s, name, FileKind.INTERVENTION))
+            f.attrs["do"] = json.dumps(checked)
+            f.attrs.update(shard_attrs(s.shard, s.shard_rows, dict.fromkeys(
+                ("index", "factual", "counterfactual", "parents_factual", "parents_cf"), 0)))
     summary = {
         "name": name, "path": str(target), "kind": FileKind.INTERVENTION.value,
         "images": int(rows.size), "do": checked,
@@ -395,36 +409,39 @@ def run_sweep(params: cfg.Params, var: str, values: list[float], *, name: str | 
     s, notes = _setup(params, f"sweep {name} over {len(values)} values of {var}", validate,
                       shard, guidance=guidance, steps=steps, abduction=abduction,
                       parents_from=parents_from, max_images=max_images)
-    engine, ds, ip, rows = s.engine, s.ds, s.ip, s.rows
-    target = (Path(out) if out
-              else s.shard.path(output_path(params.paths.counterfactuals_dir, name)))
-    n_val = len(dos)
-    c, h, w = ds.image_shape
-    k = len(engine.graph.names)
-    with atomic_path(target) as tmp, h5py.File(tmp, "w") as f, \
-            Progress(rows.size * n_val, f"sweep {name}", unit="img") as bar:
-        f.create_dataset("index", data=rows.astype(np.int64))
-        f.create_dataset("factual", data=ds.images[rows])
-        f.create_dataset("values", data=np.asarray(values, np.float32))
-        dcf = f.create_dataset("counterfactual", (n_val, rows.size, c, h, w), np.uint8,
-                               chunks=(1, max(1, min(rows.size, ip.batch_size)), c, h, w))
-        dpf = f.create_dataset("parents_factual", (rows.size, k), np.float32)
-        dpc = f.create_dataset("parents_cf", (n_val, rows.size, k), np.float32)
-        for lo in range(0, rows.size, ip.batch_size):
-            sel = rows[lo:lo + ip.batch_size]
-            sl = slice(lo, lo + sel.size)
-            fact = _abduct_batch(s, sel, sl)  # once for every value
-            dpf[sl] = fact.parents.cpu().numpy()
-            for i, one in enumerate(dos):
-                dcf[i, sl], dpc[i, sl] = _act_predict(s, fact, one)
-                bar.advance(sel.size)
-        pf, pcf = dpf[()], dpc[()]
-        f.attrs.update(_settings_attrs(s, name, FileKind.SWEEP))
-        f.attrs["var"] = var
-        f.attrs["do"] = json.dumps({var: [d[var] for d in dos]})
-        f.attrs.update(shard_attrs(s.shard, s.shard_rows, {
-            "index": 0, "factual": 0, "parents_factual": 0, "counterfactual": 1,
-            "parents_cf": 1}))
+    with s.files:  # the dataset (and latents) file, read batch by batch
+        engine, ds, ip, rows = s.engine, s.ds, s.ip, s.rows
+        target = (Path(out) if out
+                  else s.shard.path(output_path(params.paths.counterfactuals_dir, name)))
+        n_val = len(dos)
+        c, h, w = ds.image_shape
+        k = len(engine.graph.names)
+        with atomic_path(target) as tmp, h5py.File(tmp, "w") as f, \
+                Progress(rows.size * n_val, f"sweep {name}", unit="img") as bar:
+            f.create_dataset("index", data=rows.astype(np.int64))
+            chunk = (min(rows.size, ip.batch_size), c, h, w) if rows.size else None
+            dfa = f.create_dataset("factual", (rows.size, c, h, w), np.uint8, chunks=chunk)
+            f.create_dataset("values", data=np.asarray(values, np.float32))
+            dcf = f.create_dataset("counterfactual", (n_val, rows.size, c, h, w), np.uint8,
+                                   chunks=(1,) + chunk if chunk else None)
+            dpf = f.create_dataset("parents_factual", (rows.size, k), np.float32)
+            dpc = f.create_dataset("parents_cf", (n_val, rows.size, k), np.float32)
+            for lo in range(0, rows.size, ip.batch_size):
+                sel = rows[lo:lo + ip.batch_size]
+                sl = slice(lo, lo + sel.size)
+                dfa[sl] = images = ds.images[sel]
+                fact = _abduct_batch(s, sel, sl, images)  # once for every value
+                dpf[sl] = fact.parents.cpu().numpy()
+                for i, one in enumerate(dos):
+                    dcf[i, sl], dpc[i, sl] = _act_predict(s, fact, one)
+                    bar.advance(sel.size)
+            pf, pcf = dpf[()], dpc[()]
+            f.attrs.update(_settings_attrs(s, name, FileKind.SWEEP))
+            f.attrs["var"] = var
+            f.attrs["do"] = json.dumps({var: [d[var] for d in dos]})
+            f.attrs.update(shard_attrs(s.shard, s.shard_rows, {
+                "index": 0, "factual": 0, "parents_factual": 0, "counterfactual": 1,
+                "parents_cf": 1}))
     descendants = set(engine.graph.descendants([var]))
     variables = {}
     for j, n in enumerate(engine.graph.names):
