@@ -13,11 +13,11 @@ test split). Then, each in a fresh Python process, runs on ALL N images:
 
 and reports each stage's peak resident set size: the process imports torch, h5py and the stages
 first, then resets its high-water mark (``/proc/self/clear_refs`` 5) and runs the stage, so the
-peak (VmHWM) is the stage's own peak, including the ~300 MiB the imports keep resident (Python,
-torch, h5py) but not the transient peak of importing them. Printed: that peak, the RSS before
-the stage, the ratio of the peaks largest/smallest size (target: <= 1.10) and the growth of the
-peak in bytes per image. (The lifetime peak, ``ru_maxrss``, is printed too: on this machine the
-imports reach ~370 MiB, above any stage's own peak, which would hide any growth.)
+peak (VmHWM) is the stage's own peak, including the ~220 MiB the imports keep resident (Python,
+torch, h5py). Printed: that peak, the RSS before the stage, the ratio of the peaks
+largest/smallest size (target: <= 1.10) and the growth of the peak in bytes per image. (Not
+``getrusage().ru_maxrss``: on Linux a freshly exec'd process carries in it the high-water mark
+of the process it was forked from, here this benchmark holding the largest dataset.)
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import argparse
 import dataclasses
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -93,7 +92,6 @@ def child(stage: str, folder: Path, n: int, steps: int, batch: int, threads: int
         result["images"] = out["images"]
     result["seconds"] = time.perf_counter() - start
     result["peak_kib"] = _status_kib("VmHWM")
-    result["lifetime_peak_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB
     if stage == "intervene":  # after the peak was read: did it decode from the cached x_T?
         from cdae.dataset import read_dataset
 
@@ -166,8 +164,7 @@ def main() -> None:
                 if "cached_x_T" in r:
                     extra += f", decoded from cached x_T: {r['cached_x_T']}"
                 print(f"  N={n:>6}: {stage:<15} peak RSS {r['peak_kib'] / 1024:7.1f} MiB "
-                      f"(RSS before {r['start_kib'] / 1024:.1f} MiB, lifetime peak "
-                      f"{r['lifetime_peak_kib'] / 1024:.1f} MiB){extra}", flush=True)
+                      f"(RSS before {r['start_kib'] / 1024:.1f} MiB){extra}", flush=True)
             for name in (f"latents_{n}.h5", f"cf_{n}.h5", f"dataset_{n}.h5"):
                 (folder / name).unlink(missing_ok=True)
     lo, hi = sizes[0], sizes[-1]

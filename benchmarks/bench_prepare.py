@@ -32,7 +32,6 @@ import dataclasses
 import gzip
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
