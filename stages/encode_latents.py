@@ -7,8 +7,10 @@ fixed seed)::
     /u        float32 (N, K, d)     abducted exogenous noise
     /z        float32 (N, K, d)     factual latents
     /parents  float32 (N, K)        factual parents used (raw units)
-    /x_T      float32 (N, C, H, W)  DDIM inversion with the factual condition, chunked
-    attrs: schema_version, split, steps, abduction, inversion_iters, parents_from,
+    /x_T      float32 (N, C, H, W)  DDIM inversion with the factual condition, chunked: to the
+                                    last timestep (abduction invert) or to t0 (partial), as
+                                    intervene.abduction and intervene.t0 say
+    attrs: schema_version, split, steps, abduction, t0, inversion_iters, parents_from,
            checkpoint_sha256, names, per_image (+ shard, shard_rows in a shard's file)
 """
 
@@ -84,6 +86,7 @@ def run(params: cfg.Params, *, split: str | None = None, steps: int | None = Non
         target = Path(out) if out else part.path(Path(params.paths.latents))
         c, h, w = ds.image_shape
         use_labels = ip.parents_from is cfg.ParentsFrom.LABELS
+        abduction = cached_abduction(ip.abduction)
         with atomic_path(target) as tmp, h5py.File(tmp, "w") as f, \
                 Progress(idx.size, "encode-latents", unit="img") as bar:
             f.create_dataset("index", data=idx.astype(np.int64))
@@ -100,7 +103,7 @@ def run(params: cfg.Params, *, split: str | None = None, steps: int | None = Non
                 x = to_unit(ds.images[rows]).to(engine.device)
                 y = (torch.as_tensor(ds.labels[rows], dtype=torch.float32, device=engine.device)
                      if use_labels else None)
-                fact = engine.abduct(x, y, steps=ep.steps, abduction=cfg.Abduction.INVERT)
+                fact = engine.abduct(x, y, steps=ep.steps, abduction=abduction, t0=ip.t0)
                 sl = slice(lo, lo + rows.size)
                 du[sl] = fact.u.cpu().numpy()
                 dz[sl] = fact.z.cpu().numpy()
@@ -108,14 +111,16 @@ def run(params: cfg.Params, *, split: str | None = None, steps: int | None = Non
                 dx[sl] = fact.x_T.cpu().numpy()
                 bar.advance(rows.size)
             f.attrs.update({"schema_version": SCHEMA_VERSION, "split": ep.split, "steps": ep.steps,
-                            "abduction": cfg.Abduction.INVERT.value,
+                            "abduction": abduction.value, "t0": ip.t0,
                             "inversion_iters": engine.inversion_iters,
                             "parents_from": ip.parents_from.value,
                             "checkpoint_sha256": file_sha256(model_path),
                             "names": json.dumps(list(engine.graph.names)),
                             **shard_attrs(part, rows_sel, {n: 0 for n in PER_IMAGE})})
-    log.info("wrote %s: %d images of the %s split (DDIM inversion, %d steps%s)", target,
-             idx.size, ep.split, ep.steps, f", shard {part}" if part.enabled else "")
+    log.info("wrote %s: %d images of the %s split (DDIM inversion%s, %d steps%s)", target,
+             idx.size, ep.split,
+             f" to t0={ip.t0}" if abduction is cfg.Abduction.PARTIAL else "", ep.steps,
+             f", shard {part}" if part.enabled else "")
     return {"path": str(target), "images": int(idx.size), "steps": ep.steps}
 
 
@@ -137,12 +142,21 @@ class CachedRows:
 CACHE_KEYS = ("u", "z", "parents", "x_T")
 
 
+def cached_abduction(abduction: cfg.Abduction) -> cfg.Abduction:
+    """The deterministic abduction encode-latents stores for intervene's ``abduction``: partial
+    stays partial (x_t0), everything else is the full inversion (noise abduction is drawn afresh
+    by intervene and never reads the cache)."""
+    return abduction if abduction is cfg.Abduction.PARTIAL else cfg.Abduction.INVERT
+
+
 @contextlib.contextmanager
 def open_cached(path: str | Path, model_path: str | Path, rows: np.ndarray, steps: int,
-                parents_from: cfg.ParentsFrom,
-                inversion_iters: int) -> Iterator[dict[str, CachedRows] | None]:
+                parents_from: cfg.ParentsFrom, inversion_iters: int, *,
+                abduction: cfg.Abduction = cfg.Abduction.INVERT,
+                t0: int = 0) -> Iterator[dict[str, CachedRows] | None]:
     """Cached u, z, parents, x_T for dataset ``rows`` when the latents file matches the model,
-    the DDIM steps and the abduction settings, else None (the caller re-abducts). Each is read
+    the DDIM steps and the abduction settings (``abduction`` invert or partial, ``t0`` for
+    partial), else None (the caller re-abducts). Each is read
     from the file on demand (``cache["x_T"][lo:hi]``: the rows ``rows[lo:hi]``) while the
     ``with`` block keeps it open; only the index (int64 per image) is held in memory."""
     import h5py
@@ -159,7 +173,8 @@ def open_cached(path: str | Path, model_path: str | Path, rows: np.ndarray, step
         return
     with f:
         try:
-            cache = _match(f, model_path, rows, steps, parents_from, inversion_iters)
+            cache = _match(f, model_path, rows, steps, parents_from, inversion_iters,
+                           abduction, t0)
         except (OSError, KeyError) as err:
             log.warning("ignoring latents cache %s (%s)", p, err)
             cache = None
@@ -167,10 +182,13 @@ def open_cached(path: str | Path, model_path: str | Path, rows: np.ndarray, step
 
 
 def _match(f, model_path: str | Path, rows: np.ndarray, steps: int,
-           parents_from: cfg.ParentsFrom, inversion_iters: int) -> dict[str, CachedRows] | None:
+           parents_from: cfg.ParentsFrom, inversion_iters: int, abduction: cfg.Abduction,
+           t0: int) -> dict[str, CachedRows] | None:
     a = f.attrs
     if (int(a.get("schema_version", -1)) != SCHEMA_VERSION or int(a["steps"]) != steps
             or a["parents_from"] != parents_from.value
+            or a.get("abduction", "") != abduction.value
+            or (abduction is cfg.Abduction.PARTIAL and int(a.get("t0", -1)) != t0)
             or int(a.get("inversion_iters", -1)) != inversion_iters
             or a["checkpoint_sha256"] != file_sha256(model_path)):
         return None
@@ -187,8 +205,10 @@ def _match(f, model_path: str | Path, rows: np.ndarray, steps: int,
 
 
 def load_cached(path: str | Path, model_path: str | Path, rows: np.ndarray, steps: int,
-                parents_from: cfg.ParentsFrom,
-                inversion_iters: int) -> dict[str, np.ndarray] | None:
+                parents_from: cfg.ParentsFrom, inversion_iters: int, *,
+                abduction: cfg.Abduction = cfg.Abduction.INVERT,
+                t0: int = 0) -> dict[str, np.ndarray] | None:
     """:func:`open_cached` read whole into memory (small runs, tests)."""
-    with open_cached(path, model_path, rows, steps, parents_from, inversion_iters) as cache:
+    with open_cached(path, model_path, rows, steps, parents_from, inversion_iters,
+                     abduction=abduction, t0=t0) as cache:
         return None if cache is None else {k: v[:] for k, v in cache.items()}

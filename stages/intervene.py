@@ -27,8 +27,9 @@ writes, when X sets a variable the active graph lacks (an intervention of anothe
 graph), the intervention layout with zero rows and attr ``skipped`` saying why; `render` leaves
 such files out.
 
-When the latents file of `encode-latents` matches (same checkpoint, DDIM steps and parents
-source, abduction ``invert``), its x_T is reused and only decoding runs.
+When the latents file of `encode-latents` matches (same checkpoint, DDIM steps, parents
+source, abduction ``invert`` or ``partial`` and the same t0), its x_T is reused and only decoding
+runs.
 """
 
 from __future__ import annotations
@@ -182,10 +183,10 @@ def _setup(params: cfg.Params, label: str,
         shard_rows = part.rows(rows_all.size, ip.batch_size)
         rows = rows_all[shard_rows]
         cache = None
-        if ip.abduction is cfg.Abduction.INVERT:
+        if ip.abduction in (cfg.Abduction.INVERT, cfg.Abduction.PARTIAL):
             cache = stack.enter_context(open_cached(
                 params.paths.latents, model_path, rows, ip.steps, ip.parents_from,
-                engine.inversion_iters))
+                engine.inversion_iters, abduction=ip.abduction, t0=ip.t0))
         files = stack.pop_all()
     log.info("%s on %d images (%s abduction%s, %d DDIM steps, guidance %g%s)", label,
              rows.size, ip.abduction.value, ", cached x_T" if cache else "", ip.steps,

@@ -67,7 +67,8 @@ def test_open_cached_reads_the_asked_rows_and_refuses_others(tmp_path: Path) -> 
             f.create_dataset(key, data=np.zeros((5, *shape), np.float32))
         f.create_dataset("x_T", data=x_t, chunks=(2, 1, 2, 2))
         f.attrs.update({"schema_version": SCHEMA_VERSION, "steps": 3, "inversion_iters": 1,
-                        "parents_from": "labels", "checkpoint_sha256": file_sha256(model)})
+                        "parents_from": "labels", "checkpoint_sha256": file_sha256(model),
+                        "abduction": "invert", "t0": 70})
     args = (tmp_path / "lat.h5", model)
     rows = np.array([11, 42, 3])
     with open_cached(*args, rows, 3, cfg.ParentsFrom.LABELS, 1) as cache:
@@ -79,6 +80,16 @@ def test_open_cached_reads_the_asked_rows_and_refuses_others(tmp_path: Path) -> 
     assert load_cached(*args, rows, 5, cfg.ParentsFrom.LABELS, 1) is None
     with open_cached(tmp_path / "none.h5", model, rows, 3, cfg.ParentsFrom.LABELS, 1) as c:
         assert c is None
+    # x_T of a full inversion is no x_t0 for partial abduction, and x_t0 only serves its own t0
+    assert load_cached(*args, rows, 3, cfg.ParentsFrom.LABELS, 1,
+                       abduction=cfg.Abduction.PARTIAL, t0=70) is None
+    with h5py.File(tmp_path / "lat.h5", "a") as f:
+        f.attrs["abduction"] = "partial"
+    assert load_cached(*args, rows, 3, cfg.ParentsFrom.LABELS, 1) is None
+    assert load_cached(*args, rows, 3, cfg.ParentsFrom.LABELS, 1,
+                       abduction=cfg.Abduction.PARTIAL, t0=70) is not None
+    assert load_cached(*args, rows, 3, cfg.ParentsFrom.LABELS, 1,
+                       abduction=cfg.Abduction.PARTIAL, t0=60) is None
 
 
 def test_encode_and_intervene_stream_the_rows_they_write(tmp_path: Path) -> None:
