@@ -354,10 +354,33 @@ def render(params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt,
         + [f"left out {f}: {why}" for f, why in r.get("skipped", {}).items()]))
 
 
+@app.command("train-predictors")
+def train_predictors(params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt,
+                     as_json: bool = JsonOpt) -> None:
+    """Train the anti-causal predictors q(v | x, children of v) that `evaluate` uses for
+    predicted effectiveness -> models/predictors.pt (with each predictor's test error).
+
+    Example: cdae train-predictors && cdae evaluate
+    """
+    def go():
+        from stages import train_predictors as stage
+
+        return stage.run(_params(params, profile))
+
+    def text(r: dict[str, Any]) -> str:
+        lines = [f"wrote {r['path']} ({r['seconds']} s)"]
+        for var, err in r["test_error"].items():
+            lines.append(f"  {var}: " + ", ".join(f"{k}={v:.4g}" for k, v in err.items()
+                                                  if k.startswith("test_")))
+        return "\n".join(lines)
+
+    _emit(_run(go), as_json, text)
+
+
 @app.command()
 def evaluate(params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt,
              as_json: bool = JsonOpt) -> None:
-    """Score counterfactuals (measured morphometrics, ground truth, composition) -> metrics.json.
+    """The counterfactual scorecard -> metrics.json, plots and reports/evaluation.md.
 
     Example: cdae evaluate && dvc metrics show
     """

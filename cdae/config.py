@@ -236,9 +236,32 @@ class RenderParams:
 @dataclass(frozen=True)
 class EvaluateParams:
     split: str = "test"
-    max_images: int = field(default=100, metadata=NON_NEGATIVE)
+    max_images: int = field(default=20, metadata=NON_NEGATIVE)
     steps: int = field(default=50, metadata=POSITIVE)
     guidance: float = field(default=0.0, metadata=NON_NEGATIVE)
+    seed: int = 0  # first seed of the intervention draws (seeds seed, seed+1, ...)
+    seeds: int = field(default=3, metadata=POSITIVE)  # draws: rows report mean and std
+    cycle_images: int = field(default=2, metadata=NON_NEGATIVE)  # composition/reversibility
+    composition_steps: int = field(default=10, metadata=POSITIVE)  # m of the long null chain
+    reversibility_cycles: int = field(default=5, metadata=POSITIVE)
+    dci_images: int = field(default=1000, metadata=POSITIVE)  # train codes for the DCI fit
+    dci_trees: int = field(default=50, metadata=POSITIVE)  # boosting rounds per factor
+    frechet_images: int = field(default=1000, metadata=POSITIVE)  # train images: FD reference
+    scatter_points: int = field(default=2000, metadata=POSITIVE)  # points per scatter CSV
+    sweep_guidance: tuple[float, ...] = ()  # optional: metrics vs guidance scale
+    sweep_steps: tuple[int, ...] = ()  # optional: metrics vs DDIM steps
+
+
+@dataclass(frozen=True)
+class PredictorParams:
+    """The anti-causal predictors `train-predictors` fits (effectiveness, predicted)."""
+
+    steps: int = field(default=600, metadata=POSITIVE)  # optimiser steps per predictor
+    batch_size: int = field(default=64, metadata=POSITIVE)
+    lr: float = field(default=3e-3, metadata=POSITIVE)
+    channels: int = field(default=16, metadata=POSITIVE)  # base channels of the CNN
+    hidden: int = field(default=64, metadata=POSITIVE)  # penultimate features
+    threads: int = field(default=0, metadata=NON_NEGATIVE)  # torch CPU threads, 0 = default
     seed: int = 0
 
 
@@ -256,6 +279,7 @@ class Params:
     intervene: InterveneParams = InterveneParams()
     render: RenderParams = RenderParams()
     evaluate: EvaluateParams = EvaluateParams()
+    predictors: PredictorParams = PredictorParams()
 
 
 # ---------------------------------------------------------------------------- parsing

@@ -109,32 +109,45 @@ def groups(masks: np.ndarray) -> list[tuple[tuple[int, ...], np.ndarray]]:
 
 # ---------------------------------------------------------------------------- cycles
 
-def composition(x: np.ndarray, null_step: Callable[[np.ndarray], np.ndarray],
-                m_values: Sequence[int]) -> dict[int, float]:
-    """Composition (Monteiro et al. 2023): L1 between ``x`` and the null intervention applied
-    m times, ``null_step`` being one full abduct-act-predict with no intervention; for each m
-    of ``m_values`` (one chain of max(m) steps)."""
-    out: dict[int, float] = {}
-    cur = x
-    for m in range(1, max(m_values) + 1):
-        cur = null_step(cur)
-        if m in m_values:
-            out[m] = l1(x, cur)
-    return out
+class Phase(str, enum.Enum):
+    """What one step of a cycle chain applies to an image."""
+
+    NULL = "null"  # the null intervention (composition)
+    FORWARD = "forward"  # do(pa*) on an image with parents pa (reversibility, first half)
+    BACKWARD = "backward"  # do(pa) on an image with parents pa* (second half)
 
 
-def reversibility(x: np.ndarray, forward: Callable[[np.ndarray], np.ndarray],
-                  backward: Callable[[np.ndarray], np.ndarray],
-                  cycles: Sequence[int]) -> dict[int, float]:
-    """Reversibility: L1 between ``x`` and do(pa*) then do(pa) applied c times (``forward``
-    maps an image with parents pa to pa*, ``backward`` back), for each c of ``cycles``."""
-    out: dict[int, float] = {}
-    cur = x
-    for c in range(1, max(cycles) + 1):
-        cur = backward(forward(cur))
-        if c in cycles:
-            out[c] = l1(x, cur)
-    return out
+def cycles(x: np.ndarray, step: Callable[[np.ndarray, np.ndarray], np.ndarray],
+           m_values: Sequence[int], c_values: Sequence[int]) -> tuple[dict[int, float],
+                                                                      dict[int, float]]:
+    """Composition and reversibility (Monteiro et al. 2023) of the images ``x``, as L1 in
+    0..255 to ``x``: the null intervention applied m times (each m of ``m_values``), and c
+    cycles of do(pa*) then do(pa) (each c of ``c_values``). Both chains run side by side:
+    ``step(images, phases)`` applies one full abduct-act-predict to a batch whose images carry
+    their :class:`Phase` (an array of Phase values), so each round is one batch."""
+    n = x.shape[0]
+    m_max, r_max = max(m_values), 2 * max(c_values)
+    comp, rev = x, x
+    comp_out: dict[int, float] = {}
+    rev_out: dict[int, float] = {}
+    for r in range(1, max(m_max, r_max) + 1):
+        parts, phases = [], []
+        if r <= m_max:
+            parts.append(comp)
+            phases += [Phase.NULL] * n
+        if r <= r_max:
+            parts.append(rev)
+            phases += [Phase.FORWARD if r % 2 else Phase.BACKWARD] * n
+        out = step(np.concatenate(parts), np.asarray(phases, dtype=object))
+        if r <= m_max:
+            comp, out = out[:n], out[n:]
+            if r in m_values:
+                comp_out[r] = l1(x, comp)
+        if r <= r_max:
+            rev = out
+            if r % 2 == 0 and r // 2 in c_values:
+                rev_out[r // 2] = l1(x, rev)
+    return comp_out, rev_out
 
 
 # ---------------------------------------------------------------------------- realism

@@ -44,10 +44,10 @@ class PredictorNet(nn.Module):
         super().__init__()
         c = channels
         self.trunk = nn.Sequential(
-            nn.Conv2d(in_channels, c, 3, padding=1), nn.SiLU(),
+            nn.Conv2d(in_channels, c, 3, stride=2, padding=1), nn.SiLU(),
             nn.Conv2d(c, 2 * c, 3, stride=2, padding=1), nn.SiLU(),
             nn.Conv2d(2 * c, 4 * c, 3, stride=2, padding=1), nn.SiLU(),
-            nn.Conv2d(4 * c, 4 * c, 3, stride=2, padding=1), nn.SiLU(),
+            nn.Conv2d(4 * c, 4 * c, 3, padding=1), nn.SiLU(),
             nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.hidden = nn.Sequential(nn.Linear(4 * c + n_inputs, hidden), nn.SiLU())
         self.head = nn.Linear(hidden, n_out)

@@ -1,20 +1,30 @@
-"""Stage `evaluate`: score counterfactuals against the true SCM -> metrics.json.
+"""Stage `evaluate`: the counterfactual scorecard -> metrics.json, plots, evaluation.md.
 
-Protocol (EVALUATION.md): the first ``evaluate.max_images`` images of the test split. For
-do(thickness) and do(intensity), one value per image drawn from the TRAIN marginal of that
-variable (seeded). Targets: the intervened value, and for the other variables the TRUE SCM's
+Protocol (EVALUATION.md): ``evaluate.max_images`` images of the split (seeded subset), abducted
+once (DDIM inversion, ``evaluate.steps``). Interventions: do(v) for every variable v and
+``random`` (a fair coin per variable and image, at least one), each under two value protocols:
+``marginal`` (a value from the train marginal) and ``forced`` (a train value from another
+decile bin, another class). Row keys: ``do_<v>`` / ``random`` (marginal) and
+``do_<v>_forced`` / ``random_forced``, each beside ``<key>_do_nothing`` (x* = x) and
+``<key>_true_mechanism`` (the generator's own counterfactual image). Every row is the mean over
+``evaluate.seeds`` draws of the intervention values (same images), ``<metric>_std`` their
+standard deviation. Targets: the intervened value, and for the other variables the TRUE SCM's
 counterfactual with the true (stored) noise. Attributes are MEASURED on the images by the
-generator (Morpho-MNIST morphometrics for the default dataset). Every row is reported beside the
-same images' "do nothing" (x* = x) and "true mechanism" (the generator's own counterfactual
-image) rows.
+generator where it can (``<v>_mae``), and PREDICTED by the anti-causal predictors of
+`train-predictors` (``predicted_<v>_mae`` / ``predicted_<v>_accuracy``; their own test errors
+in the ``predictors`` group). ``null`` (composition after one null intervention on every image)
+and ``cycles`` (composition after 1 and ``composition_steps`` null interventions, reversibility
+after 1 and ``reversibility_cycles`` cycles, on ``evaluate.cycle_images`` images) are
+deterministic. ``dci`` scores the encoder's z; ``frechet_<v>_features`` is the Frechet distance
+of the predictor of <v>'s penultimate features to the train images'.
 
 Imported data (``has_ground_truth`` False in the file) stores no noise and no base images:
 :func:`plan_evaluation` decides what is computable. The true counterfactual images (L1/PSNR to
 them, the true-mechanism rows) are skipped; targets come from the factual labels through the
 SCM's equations where the generator abducts its noise from labels
 (``counterfactual_from_labels``), else only the intervened value and the non-descendants'
-factual labels are targets; without a known SCM nothing is measured on images and only the
-``null`` row runs. ``setup.ground_truth`` and ``setup.targets`` say which.
+factual labels are targets; without a known SCM nothing is measured on images (predicted
+effectiveness still is). ``setup.ground_truth`` and ``setup.targets`` say which.
 """
 
 from __future__ import annotations
@@ -30,8 +40,11 @@ import numpy as np
 
 from cdae import config as cfg
 from cdae.atomic import write_text
-from cdae.metrics import l1, mae, psnr
+from cdae.metrics import (Phase, Protocol, accuracy, cycles, dci, draw_values, frechet_distance,
+                          l1, mae, mean_std, psnr, random_masks)
 from cdae.progress import log
+from stages.report import Baseline
+from stages.train_predictors import PREDICTORS_FILE
 
 if TYPE_CHECKING:
     from cdae.dataset import Dataset
@@ -106,26 +119,349 @@ def counterfactual_targets(plan: EvaluationPlan, gen: Generator | None, graph: C
     return out
 
 
-def _measured_rows(measured: dict[str, np.ndarray], target: dict[str, np.ndarray],
-                   names: tuple[str, ...]) -> dict[str, float]:
-    """``<var>_mae`` of the measured values against the targets, for variables with one."""
-    return {f"{n}_mae": mae(measured[n], target[n]) for n in names if n in target}
+# ---------------------------------------------------------------------------- one intervention
+
+@dataclass
+class Scored:
+    """One intervention on the evaluated images: masks (N, K) of intervened variables, values
+    (N, K) raw, targets per variable (N,) (NaN = none), counterfactual images, true images
+    (or None) with the rows they exist for."""
+
+    masks: np.ndarray
+    values: np.ndarray
+    target: dict[str, np.ndarray]
+    x_cf: np.ndarray
+    believed: np.ndarray
+    believed_img: np.ndarray
+    true_img: np.ndarray | None
+    true_rows: np.ndarray  # (N,) bool: a true counterfactual image exists
+    notes: list[str]
+
+
+class _Context:
+    """What every intervention of one evaluation shares (images, labels, engine, ...)."""
+
+    def __init__(self, *, engine, ds, gen, plan, predictors, rows: np.ndarray, steps: int,
+                 guidance: float) -> None:
+        import torch
+
+        from cdae.counterfactual import to_unit
+
+        self.engine, self.ds, self.gen, self.plan, self.pred = engine, ds, gen, plan, predictors
+        self.names = ds.graph.names
+        self.rows = rows
+        self.n = rows.size
+        self.steps, self.guidance = steps, guidance
+        self.labels = {name: ds.labels[rows, j] for j, name in enumerate(self.names)}
+        self.noise = ds.noise[rows] if ds.noise is not None else None
+        self.base = (ds.base_images[ds.base_index[rows]]
+                     if ds.base_images is not None and ds.base_index is not None else None)
+        self.x_np = ds.images[rows]
+        self.x = to_unit(self.x_np).to(engine.device)
+        self.y = torch.as_tensor(ds.labels[rows], dtype=torch.float32, device=engine.device)
+        self.categorical = [ds.graph.variable(m).is_categorical for m in self.names]
+
+    def sub(self, d: Mapping[str, np.ndarray] | None, rows: np.ndarray):
+        return None if d is None else {k: np.asarray(v)[rows] for k, v in d.items()}
+
+
+def _slice_factual(fact, rows: np.ndarray):
+    from cdae.counterfactual import Factual
+
+    idx = list(rows)
+    return Factual(fact.u[idx], fact.z[idx], None if fact.style is None else fact.style[idx],
+                   fact.x_T[idx], fact.parents[idx], fact.from_labels[idx])
+
+
+def intervene_groups(engine, fact, masks: np.ndarray, values: np.ndarray,
+                     names: tuple[str, ...]):
+    """z_cf (N, K, d) for per-image intervention sets: images grouped by their set."""
+    import torch
+
+    from cdae.metrics import groups
+
+    z_cf = fact.z.clone()
+    for key, rows in groups(masks):
+        do = {names[j]: torch.as_tensor(values[rows, j]) for j in key}
+        z_cf[list(rows)] = engine.intervene(_slice_factual(fact, rows), do)
+    return z_cf
+
+
+def _repeat(fact, times: int):
+    """``fact`` stacked ``times`` times along the batch (several interventions, one decode)."""
+    from cdae.counterfactual import Factual
+
+    def rep(t):
+        return None if t is None else t.repeat(times, *([1] * (t.dim() - 1)))
+
+    return Factual(rep(fact.u), rep(fact.z), rep(fact.style), rep(fact.x_T), rep(fact.parents),
+                   rep(fact.from_labels))
+
+
+def score_interventions(ctx: _Context, fact, fact_img,
+                        draws: list[tuple[np.ndarray, np.ndarray]]) -> list[Scored]:
+    """Act and predict for several per-image interventions (masks, values), decoded as ONE
+    batch (the CPU's cost per network call is largely fixed); targets and true images per
+    intervention and group of images."""
+    from cdae.counterfactual import to_uint8
+
+    engine, names, n = ctx.engine, ctx.names, ctx.n
+    masks = np.concatenate([m for m, _ in draws])
+    values = np.concatenate([v for _, v in draws])
+    big = _repeat(fact, len(draws)) if len(draws) > 1 else fact
+    big_img = _repeat(fact_img, len(draws)) if len(draws) > 1 else fact_img
+    z_cf = intervene_groups(engine, big, masks, values, names)
+    x_cf = to_uint8(engine.predict(big, z_cf, steps=ctx.steps, guidance=ctx.guidance))
+    believed = engine.model.read_labels(z_cf).cpu().numpy()
+    believed_img = engine.model.read_labels(
+        intervene_groups(engine, big_img, masks, values, names)).cpu().numpy()
+    out = []
+    for i, (m, v) in enumerate(draws):
+        part = slice(i * n, (i + 1) * n)
+        out.append(_with_targets(ctx, m, v, x_cf[part], believed[part], believed_img[part]))
+    return out
+
+
+def score_intervention(ctx: _Context, fact, fact_img, masks: np.ndarray,
+                       values: np.ndarray) -> Scored:
+    """:func:`score_interventions` of one intervention."""
+    return score_interventions(ctx, fact, fact_img, [(masks, values)])[0]
+
+
+def _with_targets(ctx: _Context, masks: np.ndarray, values: np.ndarray, x_cf: np.ndarray,
+                  believed: np.ndarray, believed_img: np.ndarray) -> Scored:
+    from cdae.metrics import groups
+
+    names, n = ctx.names, ctx.n
+    target = {m: np.full(n, np.nan) for m in names}
+    true_img = (np.zeros_like(ctx.x_np) if ctx.gen is not None and ctx.plan.true_images
+                else None)
+    true_rows = np.zeros(n, bool)
+    notes: list[str] = []
+    for key, rows in groups(masks):
+        do = {names[j]: values[rows, j] for j in key}
+        labels = ctx.sub(ctx.labels, rows)
+        t = counterfactual_targets(ctx.plan, ctx.gen, ctx.ds.graph, labels,
+                                   None if ctx.noise is None else ctx.noise[rows], do)
+        for m, v in t.items():
+            target[m][rows] = v
+        if true_img is not None:
+            try:
+                img, _ = ctx.gen.true_counterfactual(
+                    None if ctx.base is None else ctx.base[rows], labels, ctx.noise[rows], do)
+            except ValueError as err:  # the generator has no true counterfactual for this do
+                notes.append(f"no true counterfactual image for do({', '.join(do)}): {err}")
+                continue
+            true_img[rows] = img
+            true_rows[rows] = True
+    return Scored(masks, values, target, x_cf, believed, believed_img,
+                  true_img if true_rows.any() else None, true_rows, notes)
+
+
+def _attribute_rows(ctx: _Context, images: np.ndarray, s: Scored, rows: np.ndarray | None = None,
+                    measured: dict[str, np.ndarray] | None = None
+                    ) -> tuple[dict[str, float], dict[str, tuple[str, np.ndarray]]]:
+    """Effectiveness of ``images`` (the evaluated images, or those of the bool ``rows``):
+    measured ``<v>_mae`` (``measured``: the generator's reading of ``images``, made here when
+    None) and predicted ``predicted_<v>_mae`` / ``predicted_<v>_accuracy`` against the targets.
+    Also returns per variable the values scored (``measured`` or ``predicted``)."""
+    sel = np.arange(ctx.n) if rows is None else np.flatnonzero(rows)
+    target = {m: v[sel] for m, v in s.target.items()}
+    out: dict[str, float] = {}
+    values: dict[str, tuple[str, np.ndarray]] = {}
+    if measured is None and ctx.gen is not None and ctx.plan.measurable:
+        measured = ctx.gen.measure(images)
+    predicted = ctx.pred.predict(images, target) if ctx.pred is not None else {}
+    for j, m in enumerate(ctx.names):
+        if not np.isfinite(target[m]).any():
+            continue
+        if m in ctx.plan.measurable and measured is not None:
+            out[f"{m}_mae"] = mae(measured[m], target[m])
+            values[m] = ("measured", measured[m])
+        if m in predicted:
+            if ctx.categorical[j]:
+                out[f"predicted_{m}_accuracy"] = accuracy(predicted[m], target[m])
+            else:
+                out[f"predicted_{m}_mae"] = mae(predicted[m], target[m])
+            values.setdefault(m, ("predicted", predicted[m]))
+    return out, values
+
+
+def _frechet(ctx: _Context, ref: np.ndarray | None, images: np.ndarray,
+             target: Mapping[str, np.ndarray]) -> dict[str, float]:
+    if ctx.pred is None or ref is None or images.shape[0] < 2:
+        return {}
+    from cdae.predictors import feature_variable
+
+    return {f"frechet_{feature_variable(ctx.ds.graph)}_features":
+            frechet_distance(ref, ctx.pred.features(images, target))}
+
+
+def model_row(ctx: _Context, s: Scored, measured_factual: dict[str, np.ndarray],
+              ref_feats: np.ndarray | None
+              ) -> tuple[dict[str, float], dict[str, tuple[str, np.ndarray]]]:
+    """The model's row for one scored intervention, and the attribute values scored on x*
+    per variable (measured where the generator can, else predicted)."""
+    measured = ctx.gen.measure(s.x_cf) if ctx.gen is not None and ctx.plan.measurable else {}
+    row, scored = _attribute_rows(ctx, s.x_cf, s, measured=measured)
+    if s.true_img is not None:
+        r = s.true_rows
+        row["l1_to_true_counterfactual"] = l1(s.x_cf[r], s.true_img[r])
+        row["psnr_to_true_counterfactual"] = psnr(s.x_cf[r], s.true_img[r])
+    row["l1_to_factual"] = l1(s.x_cf, ctx.x_np)
+    for m in ctx.plan.measurable:
+        row[f"{m}_moved"] = mae(measured[m], measured_factual[m])
+    for j, m in enumerate(ctx.names):
+        if ctx.categorical[j] or not np.isfinite(s.target[m]).any():
+            continue
+        free = ~s.masks[:, j]  # images where m is not intervened on: the mechanisms' work
+        if free.any():
+            row[f"parent_{m}_mae_labels"] = mae(s.believed[free, j], s.target[m][free])
+            row[f"parent_{m}_mae_image"] = mae(s.believed_img[free, j], s.target[m][free])
+    row.update(_frechet(ctx, ref_feats, s.x_cf, s.target))
+    return row, scored
+
+
+def reference_rows(ctx: _Context, s: Scored, measured_factual: dict[str, np.ndarray],
+                   ref_feats: np.ndarray | None) -> dict[str, dict[str, float]]:
+    """``do_nothing`` (x* = x) and ``true_mechanism`` rows on the same images and targets."""
+    out: dict[str, dict[str, float]] = {}
+    nothing, _ = _attribute_rows(ctx, ctx.x_np, s, measured=measured_factual or None)
+    if s.true_img is not None:
+        nothing["l1_to_true_counterfactual"] = l1(ctx.x_np[s.true_rows], s.true_img[s.true_rows])
+    nothing.update(_frechet(ctx, ref_feats, ctx.x_np, s.target))
+    out[Baseline.DO_NOTHING.value] = nothing
+    if s.true_img is not None:
+        r = s.true_rows
+        truth, _ = _attribute_rows(ctx, s.true_img[r], s, rows=r)
+        truth.update(_frechet(ctx, ref_feats, s.true_img[r],
+                              {m: v[r] for m, v in s.target.items()}))
+        truth["images"] = float(r.sum())
+        out[Baseline.TRUE_MECHANISM.value] = truth
+    return out
+
+
+def draw_intervention(ctx: _Context, key: str, protocol: Protocol, pools: list[np.ndarray],
+                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """masks and values (N, K) of intervention ``key`` (``do_<v>`` or ``random``)."""
+    k = len(ctx.names)
+    if key == "random":
+        masks = random_masks(ctx.n, k, rng)
+    else:
+        masks = np.zeros((ctx.n, k), bool)
+        masks[:, ctx.names.index(key[3:])] = True
+    values = np.full((ctx.n, k), np.nan)
+    for j, m in enumerate(ctx.names):
+        if masks[:, j].any():
+            values[:, j] = draw_values(pools[j], ctx.labels[m], protocol, ctx.categorical[j], rng)
+    return masks, values
+
+
+# ---------------------------------------------------------------------------- cycles
+
+def _step(ctx: _Context, images: np.ndarray, labels: np.ndarray, masks: np.ndarray,
+          values: np.ndarray) -> np.ndarray:
+    """One full abduct (from ``labels``) - act - predict on uint8 images."""
+    import torch
+
+    from cdae.counterfactual import to_uint8, to_unit
+
+    e = ctx.engine
+    fact = e.abduct(to_unit(images).to(e.device),
+                    torch.as_tensor(labels, dtype=torch.float32, device=e.device),
+                    steps=ctx.steps, abduction=cfg.Abduction.INVERT)
+    z_cf = intervene_groups(e, fact, masks, values, ctx.names)
+    return to_uint8(e.predict(fact, z_cf, steps=ctx.steps, guidance=ctx.guidance))
+
+
+def cycle_rows(ctx: _Context, sel: np.ndarray, pa_star: np.ndarray, m_long: int,
+               c_long: int) -> dict[str, float]:
+    """Composition after 1 and ``m_long`` null interventions; reversibility after 1 and
+    ``c_long`` cycles of do(all = pa*) then do(all = pa), on the images ``sel`` (both chains
+    in one batch per round)."""
+    x = ctx.x_np[sel]
+    pa = ctx.ds.labels[ctx.rows[sel]]
+    every = np.isfinite(pa_star[sel]) & np.isfinite(pa)
+    star = np.where(every, pa_star[sel], pa)
+    n = x.shape[0]
+
+    def step(images: np.ndarray, phases: np.ndarray) -> np.ndarray:
+        labels = np.empty((images.shape[0], pa.shape[1]))
+        masks = np.zeros(labels.shape, bool)
+        values = np.full(labels.shape, np.nan)
+        for lo in range(0, images.shape[0], n):
+            part = slice(lo, lo + n)
+            phase = phases[lo]
+            labels[part] = star if phase is Phase.BACKWARD else pa
+            if phase is not Phase.NULL:
+                masks[part] = every
+                values[part] = star if phase is Phase.FORWARD else pa
+        return _step(ctx, images, labels, masks, values)
+
+    comp, rev = cycles(x, step, sorted({1, m_long}), sorted({1, c_long}))
+    out = {f"composition_l1_{m}": v for m, v in comp.items()}
+    out.update({f"reversibility_l1_{c}": v for c, v in rev.items()})
+    out["images"] = float(n)
+    return out
+
+
+# ---------------------------------------------------------------------------- DCI
+
+def dci_row(engine, ds, ep: cfg.EvaluateParams) -> dict[str, float]:
+    """DCI of the encoder's z (image only, no labels): fit on up to ``dci_images`` train
+    images, informativeness on up to as many test images."""
+    from cdae.dataset import Split
+
+    rng = np.random.default_rng(ep.seed)
+    codes, factors = [], []
+    for split in (Split.TRAIN, Split.TEST):
+        idx = ds.indices(split)
+        idx = np.sort(rng.permutation(idx)[:ep.dci_images])
+        enc = [engine.encode(ds.images[idx[lo:lo + 256]]) for lo in range(0, idx.size, 256)]
+        z = np.concatenate([e.z.flatten(1).cpu().numpy() for e in enc])
+        if enc and enc[0].style is not None:
+            z = np.concatenate([z, np.concatenate([e.style.cpu().numpy() for e in enc])], 1)
+        codes.append(z)
+        factors.append(ds.labels[idx])
+    k, d = len(ds.graph.names), engine.model.d
+    blocks = [list(range(j * d, (j + 1) * d)) for j in range(k)]
+    if codes[0].shape[1] > k * d:
+        blocks.append(list(range(k * d, codes[0].shape[1])))
+    out = dci(codes[0], factors[0], codes[1], factors[1],
+              [v.is_categorical for v in ds.graph.variables], ds.graph.names, blocks=blocks,
+              trees=ep.dci_trees, seed=ep.seed)
+    out["train_images"] = float(codes[0].shape[0])
+    out["test_images"] = float(codes[1].shape[0])
+    return out
+
+
+# ---------------------------------------------------------------------------- the stage
+
+def _load_predictors(path: Path, ds: Dataset):
+    from cdae.errors import DataError
+    from cdae.predictors import Predictors
+
+    pred = Predictors.load(path)
+    if pred.graph.to_dict() != ds.graph.to_dict() or pred.image_shape != ds.image_shape:
+        raise DataError(f"{path} was trained on another graph or image size than the dataset",
+                        hint="re-run `cdae train-predictors`")
+    return pred
 
 
 def run(params: cfg.Params) -> dict[str, object]:
     import torch
 
-    from cdae.counterfactual import CounterfactualEngine, to_uint8, to_unit
+    from cdae.counterfactual import CounterfactualEngine
     from cdae.dataset import Split, read_dataset
     from cdae.errors import DataError
     from cdae.generators import make_generator
     from stages.encode_latents import select
+    from stages.intervene import check_compatible
 
     t_start = time.perf_counter()
+    c_start = time.process_time()
     ep = params.evaluate
-    ip = params.intervene
     ds = read_dataset(params.paths.dataset)
-    # the generator with the settings that made the file (image size, label units), if stored
     data = (cfg.data_from_json(ds.data_params, str(params.paths.dataset)) if ds.data_params
             else params.data)
     try:
@@ -137,108 +473,352 @@ def run(params: cfg.Params) -> dict[str, object]:
     if not plan.true_images:
         log.info("evaluate: %s: ground truth %s; targets from %s", params.paths.dataset,
                  GROUND_TRUTH_MISSING, plan.targets.value)
-    engine = CounterfactualEngine.load(Path(params.paths.model_dir) / "model.pt")
+    model_dir = Path(params.paths.model_dir)
+    engine = CounterfactualEngine.load(model_dir / "model.pt")
     engine.inversion_iters = params.diffusion.inversion_iters
-    from stages.intervene import check_compatible
-
-    check_compatible(engine, ds.graph, str(params.paths.dataset),
-                     Path(params.paths.model_dir) / "model.pt", ds.image_shape)
+    check_compatible(engine, ds.graph, str(params.paths.dataset), model_dir / "model.pt",
+                     ds.image_shape)
+    pred = _load_predictors(model_dir / PREDICTORS_FILE, ds)
     names = ds.graph.names
     rows = select(ds, ep.split, ep.max_images)
-    n = rows.size
-    rng = np.random.default_rng(ep.seed)
+    ctx = _Context(engine=engine, ds=ds, gen=gen, plan=plan, predictors=pred, rows=rows,
+                   steps=ep.steps, guidance=ep.guidance)
     train_rows = ds.indices(Split.TRAIN)
-    labels = {name: ds.labels[rows, j] for j, name in enumerate(names)}
-    noise = ds.noise[rows] if ds.noise is not None else None
-    base = (ds.base_images[ds.base_index[rows]]
-            if ds.base_images is not None and ds.base_index is not None else None)
-    x_np = ds.images[rows]
-    x = to_unit(x_np).to(engine.device)
-    y = torch.as_tensor(ds.labels[rows], dtype=torch.float32, device=engine.device)
+    pools = [ds.labels[train_rows, j] for j in range(len(names))]
+    timings: dict[str, float] = {}
 
-    t0 = time.perf_counter()
-    fact = engine.abduct(x, y, steps=ep.steps, abduction=cfg.Abduction.INVERT)
-    fact_img = engine.abduct(x, None, steps=1, abduction=cfg.Abduction.NOISE)  # parents only
-    abduct_s = time.perf_counter() - t0
-    measurable = plan.measurable
-    measured_factual = gen.measure(x_np) if gen is not None and measurable else {}
+    def timed(name: str):
+        t0 = time.perf_counter()
+        return lambda: timings.__setitem__(name, timings.get(name, 0.0) +
+                                           time.perf_counter() - t0)
+
+    done = timed("abduction_seconds")
+    fact = engine.abduct(ctx.x, ctx.y, steps=ep.steps, abduction=cfg.Abduction.INVERT)
+    fact_img = engine.abduct(ctx.x, None, steps=1, abduction=cfg.Abduction.NOISE)  # parents
+    done()
+    measured_factual = gen.measure(ctx.x_np) if gen is not None and plan.measurable else {}
+    ref_rng = np.random.default_rng(ep.seed)
+    ref_rows = np.sort(ref_rng.permutation(train_rows)[:ep.frechet_images])
+    ref_feats = pred.features(ds.images[ref_rows],
+                              {m: ds.labels[ref_rows, j] for j, m in enumerate(names)})
 
     results: dict[str, object] = {}
-    decode_s = 0.0
-    interventions: dict[str, dict[str, np.ndarray]] = {"null": {}}
-    for var in measurable:
-        j = names.index(var)
-        pool = ds.labels[train_rows, j]
-        pool = pool[np.isfinite(pool)]
-        interventions[f"do_{var}"] = {var: rng.choice(pool, size=n)}
+    notes: list[str] = []
+    scatter: dict[str, dict[str, tuple[str, np.ndarray, np.ndarray]]] = {}
 
-    for key, do in interventions.items():
-        t0 = time.perf_counter()
-        z_cf = engine.intervene(fact, {k: torch.as_tensor(v) for k, v in do.items()})
-        x_cf = to_uint8(engine.predict(fact, z_cf, steps=ep.steps, guidance=ep.guidance))
-        decode_s += time.perf_counter() - t0
-        target = counterfactual_targets(plan, gen, ds.graph, labels, noise, do)
-        measured = gen.measure(x_cf) if gen is not None and measurable else {}
-        true_img = (gen.true_counterfactual(base, labels, noise, do)[0]
-                    if gen is not None and plan.true_images else None)
-        row: dict[str, float] = {}
-        row.update(_measured_rows(measured, target, measurable))
-        if true_img is not None:
-            row["l1_to_true_counterfactual"] = l1(x_cf, true_img)
-            row["psnr_to_true_counterfactual"] = psnr(x_cf, true_img)
-        row["l1_to_factual"] = l1(x_cf, x_np)
-        for m in measurable:
-            row[f"{m}_moved"] = mae(measured[m], measured_factual[m])
-        # what the learned mechanisms believe (no image involved)
-        believed = engine.model.read_labels(z_cf).cpu().numpy()
-        z_cf_img = engine.intervene(fact_img, {k: torch.as_tensor(v) for k, v in do.items()})
-        believed_img = engine.model.read_labels(z_cf_img).cpu().numpy()
-        for j, m in enumerate(names):
-            if m in do or ds.graph.variable(m).is_categorical or m not in target:
-                continue
-            row[f"parent_{m}_mae_labels"] = mae(believed[:, j], target[m])
-            row[f"parent_{m}_mae_image"] = mae(believed_img[:, j], target[m])
-        results[key] = row
-        nothing = _measured_rows(measured_factual, target, measurable)
-        if true_img is not None:
-            nothing["l1_to_true_counterfactual"] = l1(x_np, true_img)
-        if nothing:
-            results[f"{key}_do_nothing"] = nothing
-        if gen is not None and true_img is not None:
-            truth = _measured_rows(gen.measure(true_img), target, measurable)
-            results[f"{key}_true_mechanism"] = truth
-        log.info("evaluate %s: %s", key, ", ".join(f"{k}={v:.3f}" for k, v in row.items()))
-    results["null"]["composition_l1"] = results["null"]["l1_to_factual"]  # type: ignore[index]
+    # null: no intervention (deterministic)
+    done = timed("decode_seconds")
+    none = np.zeros((ctx.n, len(names)), bool)
+    s_null = score_intervention(ctx, fact, fact_img, none, np.full(none.shape, np.nan))
+    done()
+    row, _ = model_row(ctx, s_null, measured_factual, ref_feats)
+    row["composition_l1"] = row["l1_to_factual"]
+    results["null"] = row
+    for suffix, ref in reference_rows(ctx, s_null, measured_factual, ref_feats).items():
+        results[f"null{suffix}"] = ref
+    decodes = 1
+
+    keys = [f"do_{m}" for m in names] + ["random"]
+    per_seed: dict[str, list[dict[str, float]]] = {}
+    pa_star: np.ndarray | None = None
+    for seed_i in range(ep.seeds):
+        rng = np.random.default_rng(ep.seed + seed_i)
+        plan_rows = [(key if protocol is Protocol.MARGINAL else f"{key}_forced", key, protocol)
+                     for protocol in Protocol for key in keys]
+        draws = [draw_intervention(ctx, key, protocol, pools, rng)
+                 for _, key, protocol in plan_rows]
+        done = timed("decode_seconds")
+        scored_all = score_interventions(ctx, fact, fact_img, draws)
+        done()
+        decodes += len(draws)
+        for (name, key, protocol), s in zip(plan_rows, scored_all):
+            notes += [n for n in s.notes if n not in notes]
+            row, scored = model_row(ctx, s, measured_factual, ref_feats)
+            per_seed.setdefault(name, []).append(row)
+            for suffix, ref in reference_rows(ctx, s, measured_factual, ref_feats).items():
+                per_seed.setdefault(name + suffix, []).append(ref)
+            if seed_i == 0:
+                scatter[name] = {m: (kind, s.target[m], v) for m, (kind, v) in
+                                 scored.items()}
+                if key == "random" and protocol is Protocol.MARGINAL:
+                    pa_star = np.where(s.masks, s.values, s.believed)
+            log.info("evaluate %s (seed %d): %s", name, ep.seed + seed_i,
+                     ", ".join(f"{k}={v:.3f}" for k, v in row.items()))
+    for name, seed_rows in per_seed.items():
+        results[name] = mean_std(seed_rows)
+
+    if ep.cycle_images and pa_star is not None:
+        sel = np.arange(min(ep.cycle_images, ctx.n))
+        done = timed("cycle_seconds")
+        results["cycles"] = cycle_rows(ctx, sel, pa_star, ep.composition_steps,
+                                       ep.reversibility_cycles)
+        done()
+        log.info("evaluate cycles: %s", results["cycles"])
+    done = timed("dci_seconds")
+    results["dci"] = dci_row(engine, ds, ep)
+    done()
+    results["predictors"] = {f"{m}_{k}": v for m, err in pred.test_error.items()
+                             for k, v in err.items() if k.startswith("test_")}
+    results["predictors"].update({f"{m}_test_examples": err["test_examples"]  # type: ignore[union-attr]
+                                  for m, err in pred.test_error.items()})
+    if ep.sweep_guidance or ep.sweep_steps:
+        done = timed("sweep_seconds")
+        results.update(sweep_rows(ctx, ep, pools))
+        done()
+
+    from cdae.predictors import feature_variable, specs
 
     results["setup"] = {
-        "dataset": params.paths.dataset, "split": ep.split, "images": int(n),
+        "dataset": params.paths.dataset, "split": ep.split, "images": int(ctx.n),
         "image_shape": list(ds.image_shape), "ddim_steps": ep.steps, "guidance": ep.guidance,
+        "seeds": [ep.seed + i for i in range(ep.seeds)],
+        "rows": (f"do_<v>, random: {ctx.n} images x {ep.seeds} seeds (mean; _std over seeds); "
+                 f"null: {ctx.n} images; cycles: {results.get('cycles', {}).get('images', 0):.0f}"
+                 f" images; dci: encoder z of train/test images; all at {ep.steps} DDIM steps "
+                 "(inversion and decoding)"),
         "abduction": "invert", "parents_from": "labels",
         "parent_error_from": "labels and image (encoder), both reported",
-        "values": "one per image from the train marginal of the intervened variable",
-        "attributes": (f"measured ({gen.measurement})" if gen is not None and measurable else
-                       "not measured (no SCM known for this file, or none of its variables is "
-                       "measurable): only the null row runs"),
+        "values": {"marginal": "one per image from the train marginal of the variable",
+                   "forced": "one per image from the train values in another decile bin of the "
+                             "train marginal (continuous) or another class (categorical)",
+                   "random": "a fair coin per variable and image, at least one variable"},
+        "attributes": (f"measured ({gen.measurement}): {', '.join(plan.measurable)}"
+                       if gen is not None and plan.measurable else "none measured"),
+        "predicted": "; ".join(f"q({s.var} | x{''.join(', ' + c for c in s.inputs)})"
+                               for s in specs(ds.graph))
+        + " (children at their target values); see the predictors group for their test errors",
+        "frechet": (f"Frechet distance between penultimate-layer features of the "
+                    f"{feature_variable(ds.graph)} predictor (this project's own network, not "
+                    f"Inception) of {ref_rows.size} train images and of the row's images"),
+        "cycles": "composition: the null intervention applied m times; reversibility: "
+                  "do(all = pa*) then do(all = pa), pa* the model's counterfactual parents "
+                  "under the first random intervention",
         **plan.notes(),
+        "notes": notes,
         "units": {m: ds.graph.variable(m).unit for m in names},
         "seed": ep.seed, "model_step": engine.step,
     }
     total = time.perf_counter() - t_start
-    results["cost"] = {"seconds": round(total, 1), "abduction_seconds": round(abduct_s, 1),
-                       "decode_seconds": round(decode_s, 1),
-                       "counterfactuals_per_second": round(n * (len(interventions)) /
-                                                           max(decode_s + abduct_s, 1e-9), 2),
-                       "device": str(engine.device)}
+    results["cost"] = {"seconds": round(total, 1),
+                       "cpu_seconds": round(time.process_time() - c_start, 1),
+                       **{k: round(v, 1) for k, v in timings.items()},
+                       "decodes": decodes,
+                       "counterfactuals_per_second": round(
+                           ctx.n * decodes / max(timings.get("decode_seconds", 0.0), 1e-9), 2),
+                       "device": str(engine.device),
+                       "threads": torch.get_num_threads()}
     text = json.dumps(results, indent=2, sort_keys=True, default=float)
     write_text(params.paths.metrics, text + "\n")
+    write_outputs(params, results, scatter)
     return results
+
+
+def sweep_rows(ctx: _Context, ep: cfg.EvaluateParams, pools: list[np.ndarray]
+               ) -> dict[str, dict[str, float]]:
+    """Optional curves: per guidance scale (``sweep_guidance``) and per DDIM step count
+    (``sweep_steps``, inversion and decoding), the do(v) marginal rows of the first seed and
+    the null composition, on the evaluated images. Groups ``sweep_<what>_<value>`` with
+    metrics ``<row>__<metric>``."""
+    import copy
+
+    out: dict[str, dict[str, float]] = {}
+    facts: dict[int, object] = {}
+    fact_img = ctx.engine.abduct(ctx.x, None, steps=1, abduction=cfg.Abduction.NOISE)
+    settings = ([("guidance", g, ep.steps, g) for g in ep.sweep_guidance]
+                + [("steps", s, s, ep.guidance) for s in ep.sweep_steps])
+    for what, value, steps, guidance in settings:
+        sub = copy.copy(ctx)
+        sub.steps, sub.guidance = steps, guidance
+        if steps not in facts:
+            facts[steps] = ctx.engine.abduct(ctx.x, ctx.y, steps=steps,
+                                             abduction=cfg.Abduction.INVERT)
+        fact = facts[steps]
+        group: dict[str, float] = {}
+        none = np.zeros((ctx.n, len(ctx.names)), bool)
+        s = score_intervention(sub, fact, fact_img, none, np.full(none.shape, np.nan))
+        group["null__composition_l1"] = l1(s.x_cf, ctx.x_np)
+        rng = np.random.default_rng(ep.seed)
+        for m in ctx.names:
+            masks, values = draw_intervention(sub, f"do_{m}", Protocol.MARGINAL, pools, rng)
+            s = score_intervention(sub, fact, fact_img, masks, values)
+            row, _ = _attribute_rows(sub, s.x_cf, s)
+            if s.true_img is not None:
+                row["l1_to_true_counterfactual"] = l1(s.x_cf[s.true_rows],
+                                                      s.true_img[s.true_rows])
+            group.update({f"do_{m}__{k}": v for k, v in row.items()})
+        out[f"sweep_{what}_{value:g}"] = group
+        log.info("evaluate sweep %s=%g: %s", what, value, group)
+    return out
+
+
+# ---------------------------------------------------------------------------- outputs
+
+EVALUATION_DIR = "evaluation"  # in paths.report_dir: png/ and csv/ (dvc plots)
+EVALUATION_MD = "evaluation.md"  # in paths.report_dir
+
+
+def scatter_chart(title: str, panels: list[tuple[str, str, np.ndarray, np.ndarray]]
+                  ) -> "Image.Image":
+    """One panel per (variable, kind, target, value): value against target, with the
+    identity line (a perfect counterfactual lies on it). RGB image, Pillow only."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    pw, ph, left, top, bottom, gap = 220, 220, 46, 34, 34, 20
+    width = max(1, len(panels)) * (left + pw + gap) + gap
+    height = top + ph + bottom
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((gap, 4), title, fill="black", font=font)
+    for i, (var, kind, target, value) in enumerate(panels):
+        x0 = gap + i * (left + pw + gap) + left
+        ok = np.isfinite(target) & np.isfinite(value)
+        both = np.concatenate([target[ok], value[ok]]) if ok.any() else np.zeros(1)
+        lo, hi = float(both.min()), float(both.max())
+        if hi - lo < 1e-9:
+            lo, hi = lo - 0.5, hi + 0.5
+
+        def px(a: float, b: float) -> tuple[float, float]:
+            return (x0 + (a - lo) / (hi - lo) * pw, top + (1 - (b - lo) / (hi - lo)) * ph)
+
+        draw.rectangle((x0, top, x0 + pw, top + ph), outline="black")
+        draw.line((*px(lo, lo), *px(hi, hi)), fill=(200, 200, 200), width=1)
+        for a, b in zip(target[ok], value[ok]):
+            x, y = px(float(a), float(b))
+            draw.ellipse((x - 2, y - 2, x + 2, y + 2), outline=(31, 119, 180))
+        for t in (lo, hi):
+            lab = f"{t:.3g}"
+            x, _ = px(t, lo)
+            draw.text((x - font.getlength(lab) / 2, top + ph + 4), lab, fill="black", font=font)
+            _, y = px(lo, t)
+            draw.text((x0 - 4 - font.getlength(lab), y - 6), lab, fill="black", font=font)
+        draw.text((x0, top - 14), f"{var}: {kind} vs target (n={int(ok.sum())})", fill="black",
+                  font=font)
+    return canvas
+
+
+def _clear(folder: Path, patterns: tuple[str, ...]) -> None:
+    """Remove this stage's earlier files (by pattern) so a row that is gone leaves none."""
+    for pattern in patterns:
+        for f in folder.glob(pattern):
+            f.unlink()
+
+
+def write_outputs(params: cfg.Params, results: Mapping[str, object],
+                  scatter: Mapping[str, Mapping[str, tuple[str, np.ndarray, np.ndarray]]]) -> None:
+    """PNG scatter per row and the training loss curve (``evaluation/png``), one CSV per row
+    and variable (``evaluation/csv``: target, value; dvc plots), and ``evaluation.md``."""
+    from cdae.atomic import atomic_path, ensure_writable_dir
+    from stages.report import loss_chart, read_train_log
+
+    root = Path(params.paths.report_dir)
+    png_dir = ensure_writable_dir(root / EVALUATION_DIR / "png")
+    csv_dir = ensure_writable_dir(root / EVALUATION_DIR / "csv")
+    _clear(png_dir, ("*.png",))
+    _clear(csv_dir, ("*.csv",))
+    pngs: list[str] = []
+    limit = params.evaluate.scatter_points
+    for key, per_var in scatter.items():
+        panels = [(m, kind, t, v) for m, (kind, t, v) in per_var.items()]
+        with atomic_path(png_dir / f"{key}.png") as tmp:
+            scatter_chart(f"{key} (first seed)", panels).save(tmp, format="PNG")
+        pngs.append(f"{key}.png")
+        for m, kind, t, v in panels:
+            ok = np.flatnonzero(np.isfinite(t) & np.isfinite(v))[:limit]
+            lines = ["target,value"] + [f"{t[i]:.6g},{v[i]:.6g}" for i in ok]
+            write_text(csv_dir / f"{key}__{m}_{kind}.csv", "\n".join(lines) + "\n")
+    log_path = Path(params.paths.model_dir) / "train_log.csv"
+    if log_path.is_file():
+        with atomic_path(png_dir / "train_loss.png") as tmp:
+            loss_chart(read_train_log(log_path)).save(tmp, format="PNG")
+        pngs.insert(0, "train_loss.png")
+    write_text(root / EVALUATION_MD, evaluation_markdown(results, pngs, params.graph))
+
+
+def _fmt(row: Mapping[str, object], metric: str) -> str:
+    v = row.get(metric)
+    if not isinstance(v, (int, float)):
+        return "–"
+    sd = row.get(f"{metric}_std")
+    text = f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+    return text + (f" ± {sd:.2g}" if isinstance(sd, float) and np.isfinite(sd) else "")
+
+
+def _md(text: str) -> str:
+    """Text for a markdown table cell (a pipe would end the cell)."""
+    return text.replace("|", "\\|")
+
+
+def evaluation_markdown(results: Mapping[str, object], pngs: list[str], graph) -> str:
+    """reports/evaluation.md: the scorecard as tables, the plots, what each number means."""
+    from stages.report import metric_meaning
+
+    units = {v.name: v.unit for v in graph.variables}
+    setup = results.get("setup", {})
+    cost = results.get("cost", {})
+    assert isinstance(setup, Mapping) and isinstance(cost, Mapping)
+    lines = ["# Counterfactual scorecard", "",
+             f"{setup.get('rows', '')}. Dataset `{setup.get('dataset')}`, split "
+             f"`{setup.get('split')}`, images {setup.get('image_shape')}, guidance "
+             f"{setup.get('guidance')}, model step {setup.get('model_step')}. Seeds "
+             f"{setup.get('seeds')}: each cell is the mean ± the standard deviation over the "
+             f"seeds' intervention draws. Attributes {setup.get('attributes')}; predicted by "
+             f"{setup.get('predicted')}.", ""]
+    suffixes = tuple(b.value for b in Baseline)
+    keys = [k for k, v in results.items() if isinstance(v, Mapping) and
+            (k.startswith("do_") or k.startswith("random") or k == "null")
+            and not k.endswith(suffixes)]
+    keys.sort(key=lambda k: (k != "null", k.endswith("_forced"), k))
+    for key in keys:
+        cols = [(key, "model")] + [(key + b.value, t) for b, t in (
+            (Baseline.DO_NOTHING, "do nothing"), (Baseline.TRUE_MECHANISM, "true mechanism"))
+            if isinstance(results.get(key + b.value), Mapping)]
+        metrics: list[str] = []
+        for k, _ in cols:
+            metrics += [m for m in results[k] if not m.endswith("_std")  # type: ignore[union-attr]
+                        and m not in metrics and m != "images"]
+        lines += [f"## `{key}`", "", "| metric | " + " | ".join(t for _, t in cols)
+                  + " | meaning |", "|---" * (len(cols) + 2) + "|"]
+        for m in metrics:
+            cells = " | ".join(_fmt(results[k], m) for k, _ in cols)  # type: ignore[arg-type]
+            lines.append(f"| `{m}` | {cells} | {_md(metric_meaning(m, units))} |")
+        lines.append("")
+    for key, title in (("cycles", "Composition and reversibility"),
+                       ("dci", "DCI of the encoder's z"),
+                       ("predictors", "The predictors' own test errors (test split)")):
+        block = results.get(key)
+        if isinstance(block, Mapping):
+            lines += [f"## {title}", "", "| metric | value | meaning |", "|---|---|---|"]
+            lines += [f"| `{m}` | {_fmt(block, m)} | {_md(metric_meaning(m, units))} |"
+                      for m in block if not m.endswith("_std")]
+            lines.append("")
+    sweeps = [k for k in results if k.startswith("sweep_")]
+    if sweeps:
+        lines += ["## Sweeps (first seed, marginal do(v) rows)", ""]
+        for k in sweeps:
+            block = results[k]
+            assert isinstance(block, Mapping)
+            lines.append(f"- `{k}`: " + ", ".join(f"{m}={v:.3g}" for m, v in block.items()))
+        lines.append("")
+    lines += ["## Plots", ""]
+    for name in pngs:
+        lines += [f"![{name}]({EVALUATION_DIR}/png/{name})", ""]
+    lines += ["Scatter plots: the value measured (or predicted, where the generator cannot "
+              "measure) on each counterfactual against its target, first seed; the grey line is "
+              "target = value. The same points are in `evaluation/csv/` (`dvc plots show`).", "",
+              "## Setup and cost", "", "| key | value |", "|---|---|"]
+    for k, v in list(setup.items()) + [(f"cost.{k}", v) for k, v in cost.items()]:
+        text = json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+        lines.append(f"| {k} | {text.replace('|', '/')} |")
+    return "\n".join(lines) + "\n"
 
 
 def format_metrics(r: dict[str, object]) -> str:
     lines = []
     for key in sorted(r):
-        if key in ("setup", "cost"):
-            continue
         vals = r[key]
-        lines.append(f"{key}: " + ", ".join(f"{k}={v:.3f}" for k, v in vals.items()))  # type: ignore[union-attr]
+        if key in ("setup", "cost") or not isinstance(vals, Mapping):
+            continue
+        lines.append(f"{key}: " + ", ".join(f"{k}={v:.3f}" for k, v in vals.items()
+                                            if not k.endswith("_std")))
     return "\n".join(lines)

@@ -61,8 +61,48 @@ _FIXED_MEANINGS = {
     "l1_to_factual": f"{_PIXEL_L1} to the factual image: how much the image changed",
     "composition_l1": f"{_PIXEL_L1} between the factual image and the model's counterfactual "
                       "under no intervention (composition); 0 is perfect",
+    "images": "images the row was scored on",
+    "disentanglement_per_dimension": "DCI disentanglement of the encoder's z, one code per "
+                                     "dimension: 1 = each dimension informs one variable",
+    "completeness_per_dimension": "DCI completeness, per dimension: 1 = each variable is read "
+                                  "from one dimension",
+    "disentanglement_per_block": "DCI disentanglement with each variable's block of z as one "
+                                 "code: 1 = each block informs one variable",
+    "completeness_per_block": "DCI completeness, per block: 1 = each variable is read from one "
+                              "block (ideally its own)",
+    "train_images": "images whose codes fit the DCI models",
+    "test_images": "images whose codes score informativeness",
 }
 _PATTERN_MEANINGS = (
+    (re.compile(r"^(\w+)_std$"),
+     "standard deviation over the seeds' intervention draws of {var}"),
+    (re.compile(r"^composition_l1_(\d+)$"),
+     f"{_PIXEL_L1} between the factual image and the null intervention applied {{var}} "
+     "times; 0 is perfect"),
+    (re.compile(r"^reversibility_l1_(\d+)$"),
+     f"{_PIXEL_L1} between the factual image and {{var}} cycles of do(pa*) then do(pa); "
+     "0 is perfect"),
+    (re.compile(r"^predicted_(\w+)_mae$"),
+     "mean |{var} PREDICTED on the image by q({var} | x, children) − target|{unit}; read it "
+     "beside the predictor's own test error; lower is better"),
+    (re.compile(r"^predicted_(\w+)_accuracy$"),
+     "share of images whose {var} PREDICTED by q({var} | x, ...) equals the target; read it "
+     "beside the predictor's own test accuracy; higher is better"),
+    (re.compile(r"^frechet_(\w+)_features$"),
+     "Frechet distance between the penultimate features of this project's {var} predictor "
+     "on the images and on train images (not Inception: no FID); lower is more realistic"),
+    (re.compile(r"^informativeness_(\w+)_mae$"),
+     "DCI informativeness: test MAE{unit} of {var} predicted from the encoder's z by "
+     "gradient boosting"),
+    (re.compile(r"^informativeness_(\w+)_r2$"),
+     "DCI informativeness: test R^2 of {var} predicted from z (1 = perfect)"),
+    (re.compile(r"^informativeness_(\w+)_accuracy$"),
+     "DCI informativeness: test accuracy of {var} classified from z"),
+    (re.compile(r"^(\w+)_test_mae$"),
+     "the predictor q({var} | x, ...)'s own MAE{unit} on the labelled test split"),
+    (re.compile(r"^(\w+)_test_accuracy$"),
+     "the predictor q({var} | x)'s own accuracy on the labelled test split"),
+    (re.compile(r"^(\w+)_test_examples$"), "labelled test images that scored the {var} predictor"),
     (re.compile(r"^parent_(\w+)_mae_labels$"),
      "mean |{var} the learned mechanisms predict − true SCM counterfactual|{unit}, factual "
      "parents abducted from the labels (no image involved); lower is better"),
@@ -96,12 +136,20 @@ def group_meaning(key: str) -> str:
     if key == "null":
         return ("do(): no intervention; the model must give the factual image back "
                 "(composition)")
-    if key.startswith("do_"):
-        var = key[3:]
-        return (f"do({var} = one value per image drawn from the train marginal of {var}); "
-                "beside the model: the factual image left as it is (do nothing) and the true "
-                "SCM's own counterfactual image (true mechanism)")
-    return ""
+    forced = key.endswith("_forced")
+    base = key[:-len("_forced")] if forced else key
+    how = ("a train value from another decile bin (another class) than the factual one"
+           if forced else "a value drawn from the train marginal")
+    beside = ("; mean over seeds; beside the model: the factual image left as it is (do "
+              "nothing) and the true SCM's own counterfactual image (true mechanism)")
+    if base.startswith("do_"):
+        return f"do({base[3:]} = {how}, one per image){beside}"
+    if base == "random":
+        return (f"a fair coin per variable and image (at least one) picks the intervened "
+                f"variables, each set to {how}{beside}")
+    return {"cycles": "composition and reversibility chains (full abduct-act-predict per step)",
+            "dci": "disentanglement, completeness, informativeness of the encoder's z",
+            "predictors": "the anti-causal predictors' own test errors"}.get(key, "")
 
 
 @dataclass

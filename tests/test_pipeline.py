@@ -53,8 +53,8 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_dvc_repro_tiny(project: Path) -> None:
     out = sh(["dvc", "repro"], project)
     for stage in ("prepare-data", "train", "encode-latents", "intervene@thickness_2",
-                  "intervene@intensity_120", "intervene@thickness_4", "render", "evaluate",
-                  "report"):
+                  "intervene@intensity_120", "intervene@thickness_4", "render",
+                  "train-predictors", "evaluate", "report"):
         assert f"Running stage '{stage}'" in out, stage
     # the base list's pendulum interventions run too, as empty files that say why
     assert "Running stage 'intervene@light_angle_60'" in out
@@ -75,6 +75,7 @@ def test_dvc_repro_tiny(project: Path) -> None:
     for key in ("do_thickness", "do_intensity", "null", "do_thickness_do_nothing"):
         assert key in metrics
     assert "thickness_mae" in metrics["do_thickness"]
+    check_scorecard(project, metrics)
     assert (project / "reports/figures/counterfactuals.png").stat().st_size > 1000
     page = (project / "reports/report.html").read_text()
     assert "thickness_mae" in page and "<code>light_angle_60</code>: variable light_angle" in page
@@ -88,6 +89,39 @@ def test_dvc_repro_tiny(project: Path) -> None:
     third = sh(["dvc", "repro"], project)
     assert "Running stage 'prepare-data'" not in third
     assert "Running stage 'train'" in third
+
+
+def check_scorecard(project: Path, metrics: dict) -> None:
+    """evaluate's scorecard on the tiny profile: every row under both value protocols with
+    seeds, the reference rows, cycles, DCI, predictors, plots and evaluation.md."""
+    ep = yaml.safe_load((project / "params.yaml").read_text())["profiles"]["tiny"]["evaluate"]
+    for key in ("do_thickness", "do_intensity", "do_digit", "random"):
+        for name in (key, f"{key}_forced"):
+            row = metrics[name]
+            assert "predicted_digit_accuracy" in row and "predicted_intensity_mae" in row, name
+            assert "thickness_mae_std" in row and "frechet_digit_features" in row, name
+            assert f"{name}_do_nothing" in metrics, name
+    # under a forced change of thickness the true mechanism lands near the targets (the
+    # morphometrics' error), doing nothing misses them by the forced change
+    truth = metrics["do_thickness_forced_true_mechanism"]["thickness_mae"]
+    assert truth < 0.25 < metrics["do_thickness_forced_do_nothing"]["thickness_mae"]
+    cycles = metrics["cycles"]
+    assert {f"composition_l1_{m}" for m in (1, ep["composition_steps"])} <= set(cycles)
+    assert {f"reversibility_l1_{c}" for c in (1, ep["reversibility_cycles"])} <= set(cycles)
+    assert cycles["images"] == ep["cycle_images"]
+    assert 0 <= metrics["dci"]["disentanglement_per_block"] <= 1
+    assert "digit_test_accuracy" in metrics["predictors"]
+    setup = metrics["setup"]
+    assert setup["images"] == ep["max_images"] and setup["ddim_steps"] == ep["steps"]
+    assert len(setup["seeds"]) == ep["seeds"]
+    md = (project / "reports/evaluation.md").read_text()
+    pngs = sorted((project / "reports/evaluation/png").glob("*.png"))
+    assert "train_loss.png" in {p.name for p in pngs} and "do_thickness.png" in {p.name for p in pngs}
+    for png in pngs:
+        assert f"](evaluation/png/{png.name})" in md
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    csv = (project / "reports/evaluation/csv/do_thickness__thickness_measured.csv").read_text()
+    assert csv.startswith("target,value\n") and len(csv.splitlines()) == 1 + ep["max_images"]
 
 
 def test_cli_intervene_prints_parents(project: Path) -> None:
