@@ -394,7 +394,12 @@ def resolve(raw: Mapping[str, Any], profile: str | None = None) -> Params:
             raise ConfigError(f"profiles.{name}: expected a mapping of overrides")
         raw = _merge(raw, over)
     raw["profile"] = name
-    return _build(Params, raw, "")
+    params = _build(Params, raw, "")
+    if params.intervene.t0 >= params.diffusion.timesteps:
+        raise ConfigError(f"intervene.t0: {params.intervene.t0} must be below "
+                          f"diffusion.timesteps ({params.diffusion.timesteps})",
+                          hint="partial abduction stops inside the diffusion")
+    return params
 
 
 def load(path: str | Path = "params.yaml", profile: str | None = None) -> Params:

@@ -14,6 +14,7 @@ import enum
 import re
 import sys
 import typing
+from collections.abc import Mapping
 from pathlib import Path
 
 from cdae import config as cfg
@@ -67,8 +68,8 @@ def _default(value: object) -> str:
         return str(value.value)
     if isinstance(value, tuple):
         return "[" + ", ".join(str(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}: ..." for k in value) + "}" if value else "{}"
+    if isinstance(value, Mapping):  # params hold read-only mappings (MappingProxyType)
+        return "{" + ", ".join(f"{k}: {_default(v)}" for k, v in value.items()) + "}"
     if isinstance(value, str):
         return f'"{value}"'
     return str(value)

@@ -79,6 +79,7 @@ def test_params_file_loads_with_every_profile() -> None:
     (("model", "mechanism"), "spline", "model.mechanism: 'spline' is not valid"),
     (("data", "labeled_fraction"), 1.5, "data.labeled_fraction: 1.5 must be in [0, 1]"),
     (("model", "channel_mult"), 2, "model.channel_mult: expected a list"),
+    (("intervene", "t0"), 1000, "intervene.t0: 1000 must be below diffusion.timesteps (1000)"),
 ])
 def test_bad_params_name_the_key(path, value, fragment) -> None:
     raw = base_raw()
