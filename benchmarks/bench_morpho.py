@@ -20,6 +20,12 @@ Speed run:
      the MAE of the reference implementation's own results stored in that file.
 Targets: thickness uniform in [1, 5] px; intensity 64 + 191 sigmoid(2 (t - 2.5) + 0.5 e).
 
+Against mode (``--against OLD.py``, e.g. ``git show d64adfe:cdae/morpho.py > /tmp/old.py``):
+another version of cdae/morpho.py loaded from a file, against the current one on the same N
+digits and targets, ONE core, CPU time: ms/image of set_intensity(set_thickness) as uint8, the
+thickness / intensity MAE of the results to the targets (measured with the current module), and
+how many output images differ.
+
 Parity mode: thickness / intensity of all 10,000 images against t10k-measured-reference.csv
 (mean abs difference per image) and against the sampled labels t10k-morpho.csv (MAE and bias,
 to compare with the reference figures 0.1234 px / +0.090 and 0.507 / -0.43 in DATA.md).
@@ -177,6 +183,37 @@ def speed(n: int, workers: int, ref_n: int, scales: list[int]) -> None:
                   f"MAE {thickness_mae(outs, ptg):.4f} px (reference-file pairs)")
 
 
+def against(path: Path, n: int) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("morpho_against", path)
+    other = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(other)
+    if threadpool_limits is not None:
+        threadpool_limits(limits=1, user_api="blas")
+    images = load_t10k()[:n]
+    rng = np.random.default_rng(0)
+    targets = rng.uniform(1.0, 5.0, n)
+    e = rng.standard_normal(n)
+    intensity = 64.0 + 191.0 / (1.0 + np.exp(-(2.0 * (targets - 2.5) + 0.5 * e)))
+    print(f"{path} against cdae/morpho.py: {n} t10k digits, thickness U[1, 5], ONE core, CPU time")
+    outs = {}
+    for name, mod in ((str(path), other), ("cdae/morpho.py", morpho)):
+        mod._tables()
+        start = time.process_time()
+        out = np.stack([to_uint8(mod.set_intensity(mod.set_thickness(x, t), i))
+                        for x, t, i in zip(images, targets, intensity)])
+        dt = time.process_time() - start
+        mt, mi = morpho.measure(out)
+        outs[name] = out
+        print(f"  {name}: {dt / n * 1e3:6.2f} ms/image; thickness MAE {np.nanmean(np.abs(mt - targets)):.4f} px, "
+              f"intensity MAE {np.nanmean(np.abs(mi - intensity)):.3f}")
+    a, b = outs.values()
+    differ = int((a != b).reshape(n, -1).any(1).sum())
+    print(f"  output images that differ: {differ} of {n} (max |diff| "
+          f"{int(np.abs(a.astype(int) - b.astype(int)).max())} grey levels)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("n", nargs="?", type=int, default=2000, help="digits for the speed run")
@@ -184,9 +221,12 @@ def main() -> None:
     ap.add_argument("--ref-n", type=int, default=100, help="digits for the one-core comparison")
     ap.add_argument("--scales", default="", help="comma list of extra set_thickness scales to score")
     ap.add_argument("--parity", action="store_true", help="full 10k measure() parity instead")
+    ap.add_argument("--against", type=Path, help="another cdae/morpho.py to compare with")
     args = ap.parse_args()
     if args.parity:
         parity(args.workers)
+    elif args.against:
+        against(args.against, args.n)
     else:
         scales = [int(s) for s in args.scales.split(",") if s.strip()]
         speed(args.n, args.workers, args.ref_n, scales)

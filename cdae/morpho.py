@@ -18,6 +18,11 @@ distance transform (exact for any real radius, O(pixels)) instead of the referen
 then refines the radius against the scale-4 measurement of the result (see its docstring for the
 numbers).
 
+Speed: the medial axis and the distance transforms run on a window around the digit (its
+bounding box grown by one pixel, or by the dilation radius), not on the whole upsampled canvas;
+the results are the same to the bit (the tests compare them with the whole-canvas computation),
+about 30% less CPU per ``set_thickness`` on real digits.
+
 Batch helpers (:func:`perturb_batch`, :func:`measure_batch`) spread chunks over processes; every
 computation here is deterministic, so results do not depend on the number of workers.
 """
@@ -118,17 +123,23 @@ def _tables() -> tuple[np.ndarray, np.ndarray]:
     return _TABLES
 
 
+_BIT_WEIGHTS = (1 << np.arange(9, dtype=np.int32)).reshape(3, 3)
+
+
 def _neighbourhood_index(binary: np.ndarray) -> np.ndarray:
-    """Per pixel, the 9-bit code of its 3x3 neighbourhood (outside the image counts as 0)."""
-    padded = np.pad(binary.astype(np.int64), 1)
+    """Per pixel, the 9-bit code of its 3x3 neighbourhood (outside the image counts as 0):
+    bit ``3 di + dj`` is pixel ``(i + di - 1, j + dj - 1)`` -- one correlation in C."""
+    return ndi.correlate(binary.astype(np.int32), _BIT_WEIGHTS, mode="constant", cval=0)
+
+
+def _bbox(binary: np.ndarray, pad: int) -> tuple[slice, slice]:
+    """Row and column slices of the foreground's bounding box grown by ``pad`` pixels on every
+    side (clipped to the image); ``binary`` must hold at least one foreground pixel."""
+    rows = np.flatnonzero(binary.any(axis=1))
+    cols = np.flatnonzero(binary.any(axis=0))
     h, w = binary.shape
-    code = np.zeros((h, w), dtype=np.int64)
-    bit = 0
-    for di in range(3):
-        for dj in range(3):
-            code += padded[di : di + h, dj : dj + w] << bit
-            bit += 1
-    return code
+    return (slice(max(int(rows[0]) - pad, 0), min(int(rows[-1]) + pad + 1, h)),
+            slice(max(int(cols[0]) - pad, 0), min(int(cols[-1]) + pad + 1, w)))
 
 
 def _medial_axis(binary: np.ndarray, seed: int = MEDIAL_AXIS_SEED) -> tuple[np.ndarray, np.ndarray]:
@@ -221,7 +232,12 @@ def _upsample(img: np.ndarray, scale: int) -> np.ndarray:
 def _thickness_of_binary(binary: np.ndarray, scale: int) -> float:
     if not binary.any():
         return float("nan")
-    skeleton, distance = _medial_axis(binary)
+    # The medial axis of the foreground's bounding box grown by one background pixel is the
+    # medial axis of the whole image, pixel for pixel: the distance to the nearest background
+    # pixel is the same (any background pixel outside the box is no closer than the box's
+    # border ring), every 3x3 neighbourhood of a foreground pixel lies in the box, and the
+    # foreground pixels keep their row-major order (so the tie-break permutation is the same).
+    skeleton, distance = _medial_axis(binary[_bbox(binary, 1)])
     if not skeleton.any():
         return float("nan")
     return float(2.0 * distance[skeleton].mean() / scale)
@@ -262,16 +278,23 @@ def measure(images: np.ndarray, scale: int = MEASURE_SCALE) -> tuple[np.ndarray,
 # --------------------------------------------------------------------------------------------
 
 
-def _downsample(binary: np.ndarray, scale: int) -> np.ndarray:
+def _downsample(binary: np.ndarray, scale: int, shape: tuple[int, int] | None = None,
+                window: tuple[slice, slice] | None = None) -> np.ndarray:
     """``pyramid_reduce(binary, scale, order=3)`` on 0..255.
 
     skimage clips the result to the smoothed image's range; we clip to [0, 1], which differs
     only where the cubic zoom overshoots the peak of a thin stroke (in tests: at most 2 grey
     levels in a rare pixel, 1e-5 on average per image).
+
+    With ``shape`` (the full high-resolution size) and ``window`` (row, column slices of it),
+    ``binary`` is that window of a mask that is False everywhere else: only the operators'
+    columns of the window are multiplied (the same sums without the zero terms).
     """
-    h, w = binary.shape
+    h, w = binary.shape if shape is None else shape
+    rs, cs = (slice(None), slice(None)) if window is None else window
     mask = binary.astype(np.float64)
-    down = _reduce_operator(h // scale, scale) @ mask @ _reduce_operator(w // scale, scale).T
+    down = _reduce_operator(h // scale, scale)[:, rs] @ mask @ _reduce_operator(w // scale,
+                                                                               scale)[:, cs].T
     return np.clip(down, 0.0, 1.0) * 255.0
 
 
@@ -315,6 +338,10 @@ def set_thickness(
     4x. Scale 4 plateaus at ~0.07 px (the mask's radius steps are too coarse); scale 16 costs
     2x for 0.004 px. Scale 8 with at most 5 trials (3.7 on average) is ~12x faster than the
     reference at a quarter of its error.
+
+    The times above predate the windowed medial axis and distance transforms (same results to
+    the bit): on the same 300 pairs, one core, scale 8, <= 5 trials now takes 10.7 ms/image
+    instead of 14.5 (both measured in one session, MAE 0.0433 px in both).
     """
     img = _as_image(image)
     scale = int(scale)
@@ -327,24 +354,39 @@ def set_thickness(
     if not np.isfinite(t0):
         return img.copy()
 
-    # distance of each pixel to the nearest background pixel (inside) / foreground pixel (outside);
-    # dilation by a closed disk of radius r keeps ``outside <= r``, erosion keeps ``inside > r``.
-    edt: dict[str, np.ndarray] = {}
+    # Distance of each pixel to the nearest background pixel (inside) / foreground pixel
+    # (outside); dilation by a closed disk of radius r keeps ``outside <= r``, erosion keeps
+    # ``inside > r``. Both are computed on windows around the digit only (exact, see
+    # _thickness_of_binary): ``inside`` on the bounding box grown by one pixel (erosion keeps
+    # nothing outside it); ``outside`` on the box grown by ``margin + 1`` pixels, which holds
+    # every pixel within ``margin`` of the digit -- all of the dilation while ``r <= margin``
+    # (the window grows when a larger radius is tried).
+    shape = binary.shape
+    box = _bbox(binary, 1)
+    inside = ndi.distance_transform_edt(binary[box])
+    inside_max = float(inside.max())
+    outside: dict[str, object] = {"margin": -1.0}
 
-    def distance(which: str) -> np.ndarray:
-        if which not in edt:
-            edt[which] = ndi.distance_transform_edt(binary if which == "inside" else ~binary)
-        return edt[which]
+    def dilated(rho: float) -> tuple[np.ndarray, tuple[slice, slice]]:
+        if rho > outside["margin"]:
+            margin = int(np.ceil(rho)) + 4
+            window = _bbox(binary, margin + 1)
+            outside.update(margin=float(margin), window=window,
+                           edt=ndi.distance_transform_edt(~binary[window]))
+        return outside["edt"] <= rho, outside["window"]
 
     def clamp(rho: float) -> float:
         # never erode the stroke away: keep at least its innermost pixels
         if rho < 0:
-            rho = max(rho, 0.5 - float(distance("inside").max()))
+            rho = max(rho, 0.5 - inside_max)
         return rho
 
     def render(rho: float) -> np.ndarray:
-        mask = distance("outside") <= rho if rho >= 0 else distance("inside") > -rho
-        return _downsample(mask, scale)
+        if rho >= 0:
+            mask, window = dilated(rho)
+        else:
+            mask, window = inside > -rho, box
+        return _downsample(mask, scale, shape, window)
 
     nominal = 2.0 / scale  # d(thickness)/d(radius) of a straight stroke, px per high-res px
     target = float(target_px)
@@ -417,6 +459,32 @@ def _one_blas_thread():
     return _threadpool_limits(limits=1, user_api="blas")
 
 
+def _release_freed_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc ``malloc_trim``; a no-op elsewhere).
+
+    Each chunk's result arrives as a pickled buffer of ~200 KB; after a large array has been
+    freed glibc serves such sizes from the heap instead of ``mmap``, and freed buffers stay
+    resident. Measured on prepare-data with a trivial renderer, 2,000 vs 10,000 digits:
+    ``perturb_batch`` grew RSS by ~1,300 bytes/image against the output's 784; with a trim
+    after each chunk (one call per <= 256 images) the stage's peak grew ~230 bytes/image less."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _load_libc():
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        return libc
+    except (OSError, AttributeError):  # pragma: no cover - not glibc
+        return None
+
+
+_LIBC = _load_libc()
+
+
 def _perturb_chunk(base: np.ndarray, thickness: np.ndarray, intensity: np.ndarray) -> np.ndarray:
     out = np.empty(base.shape, dtype=np.uint8)
     with _one_blas_thread():
@@ -445,34 +513,43 @@ def _resolve_workers(workers: int | None) -> int:
 
 
 def _run_chunked(fn, arrays: Sequence[np.ndarray], n: int, workers: int | None,
-                 progress: ProgressFn | None) -> list:
+                 progress: ProgressFn | None,
+                 sink: Callable[[slice, object], None] | None = None) -> list:
     """Apply ``fn`` to row chunks of ``arrays``; results in chunk order.
 
     ``progress(n)`` is called after each chunk with the number of images that chunk held
     (an increment, as ``Progress.advance`` takes it); the calls sum to ``n``.
+    ``sink(rows, result)``, when given, takes each chunk's result as it arrives (in any order)
+    and nothing is kept: the returned list is empty. Without it the results are returned.
     """
     workers = _resolve_workers(workers)
     if n == 0:
         return []
     slices = _chunks(n, workers)
     results: list = [None] * len(slices)
+
+    def done(k: int, result: object) -> None:
+        if sink is None:
+            results[k] = result
+        else:
+            sink(slices[k], result)
+        if progress is not None:
+            progress(slices[k].stop - slices[k].start)
+
     if workers == 1 or len(slices) == 1:
         for k, sl in enumerate(slices):
-            results[k] = fn(*(a[sl] for a in arrays))
-            if progress is not None:
-                progress(sl.stop - sl.start)
-        return results
+            done(k, fn(*(a[sl] for a in arrays)))
+        return results if sink is None else []
     # forkserver: workers fork from a clean single-threaded server, never from a caller that
     # holds CUDA, BLAS or OpenMP threads (forking those can deadlock)
     ctx = multiprocessing.get_context("forkserver")
     with ProcessPoolExecutor(max_workers=min(workers, len(slices)), mp_context=ctx) as pool:
         futures = {pool.submit(fn, *(a[sl] for a in arrays)): k for k, sl in enumerate(slices)}
         for fut in as_completed(futures):
-            k = futures[fut]
-            results[k] = fut.result()
-            if progress is not None:
-                progress(slices[k].stop - slices[k].start)
-    return results
+            # pop the future: it would otherwise keep its result alive until the end
+            done(futures.pop(fut), fut.result())
+            del fut
+    return results if sink is None else []
 
 
 def perturb_batch(
@@ -494,10 +571,16 @@ def perturb_batch(
     n = base.shape[0]
     t = np.broadcast_to(np.asarray(thickness, dtype=np.float64), (n,))
     i = np.broadcast_to(np.asarray(intensity, dtype=np.float64), (n,))
-    parts = _run_chunked(_perturb_chunk, (base, t, i), n, workers, progress)
-    if not parts:
-        return np.zeros(base.shape, dtype=np.uint8)
-    return np.concatenate(parts, axis=0)
+    # every chunk is written into one preallocated output as it arrives (and then dropped):
+    # peak memory is the base digits + the output + a few chunks, not twice the output
+    out = np.zeros(base.shape, dtype=np.uint8)
+
+    def store(rows: slice, chunk: np.ndarray) -> None:
+        out[rows] = chunk
+        _release_freed_memory()
+
+    _run_chunked(_perturb_chunk, (base, t, i), n, workers, progress, sink=store)
+    return out
 
 
 def measure_batch(

@@ -204,3 +204,51 @@ def test_measure_batch_independent_of_workers():
         np.testing.assert_array_equal(x, z)
     empty = morpho.measure_batch(np.zeros((0, 28, 28), np.uint8))
     assert empty[0].shape == (0,)
+
+
+# ------------------------------------------------------------------ windowed computations
+@needs_shared
+def test_thickness_on_the_digit_window_equals_the_full_canvas():
+    """measure_thickness runs the medial axis on the digit's bounding box grown by one pixel:
+    the same skeleton and distances as skimage's medial_axis on the whole upsampled canvas."""
+    for img in _t10k(30):
+        binary = morpho._binarise(morpho._upsample(img.astype(float), morpho.MEASURE_SCALE))
+        skel, dist = medial_axis(binary, return_distance=True, rng=morpho.MEDIAL_AXIS_SEED)
+        full = 2.0 * dist[skel].mean() / morpho.MEASURE_SCALE
+        assert morpho.measure_thickness(img) == full
+
+
+def _set_thickness_full_canvas(image, target, scale=morpho.SET_THICKNESS_SCALE):
+    """set_thickness's first trial computed on the whole canvas (no windows)."""
+    from scipy import ndimage as ndi
+
+    binary = morpho._binarise(morpho._upsample(image.astype(float), scale))
+    rho = scale * (target - morpho.measure_thickness(image)) / 2.0
+    if rho >= 0:
+        mask = ndi.distance_transform_edt(~binary) <= rho
+    else:
+        rho = max(rho, 0.5 - float(ndi.distance_transform_edt(binary).max()))
+        mask = ndi.distance_transform_edt(binary) > -rho
+    return morpho._downsample(mask, scale)
+
+
+@needs_shared
+@pytest.mark.parametrize("target", [0.3, 1.0, 2.5, 5.0, 8.0])
+def test_set_thickness_window_equals_full_canvas(target):
+    for img in _t10k(15):
+        ours = morpho.set_thickness(img, target, max_evals=1)
+        full = _set_thickness_full_canvas(img, target)
+        assert np.abs(ours - full).max() < 1e-9
+
+
+def test_perturb_batch_fills_one_output_in_chunk_order():
+    base = _test_images(40)
+    t = np.linspace(1.5, 4.5, 40)
+    i = np.linspace(80, 250, 40)
+    for workers in (1, 2):
+        out = morpho.perturb_batch(base, t, i, workers=workers)
+        assert out.dtype == np.uint8 and out.shape == base.shape and out.flags.c_contiguous
+        for k in (0, 17, 39):
+            expected = morpho._to_uint8(morpho.set_intensity(morpho.set_thickness(base[k], t[k]),
+                                                             i[k]))
+            assert np.array_equal(out[k], expected)
