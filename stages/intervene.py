@@ -272,12 +272,13 @@ def write_skipped(params: cfg.Params, name: str, do: Any, *,
     model is loaded; the dataset gives the image shape."""
     import h5py
 
-    from cdae.dataset import read_dataset
+    from cdae.dataset import open_dataset
 
     graph = params.graph
     reason = skip_reason(foreign_variables(do, graph), params.profile)
     target = Path(out) if out else output_path(params.paths.counterfactuals_dir, name)
-    c, h, w = read_dataset(params.paths.dataset).image_shape
+    with open_dataset(params.paths.dataset) as ds:  # the shape only: no image is read
+        c, h, w = ds.image_shape
     k, ip = len(graph.names), params.intervene
     with atomic_path(target) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("index", (0,), np.int64)
