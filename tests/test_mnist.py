@@ -98,6 +98,50 @@ def test_idx_count_mismatch(tmp_path, digits):
         mnist.load_idx_pair(ip, lp)
 
 
+@pytest.mark.parametrize("test_compress", [False, True])
+def test_idx_splits_read_into_one_array(tmp_path, test_compress):
+    """load_idx_splits (train raw + test .gz or raw) equals the splits read one by one and
+    joined, and counts the rows of each."""
+    rng = np.random.default_rng(1)
+    parts = [(rng.integers(0, 256, (n, 28, 28), dtype=np.uint8),
+              rng.integers(0, 10, n, dtype=np.uint8)) for n in (7, 3)]
+    pairs = []
+    for (images, labels), prefix, compress in zip(parts, ("train", "t10k"),
+                                                  (False, test_compress)):
+        opener, suffix = (gzip.open, ".gz") if compress else (open, "")
+        ip = tmp_path / f"{prefix}-images-idx3-ubyte{suffix}"
+        lp = tmp_path / f"{prefix}-labels-idx1-ubyte{suffix}"
+        with opener(ip, "wb") as fh:
+            fh.write(_idx_bytes(images))
+        with opener(lp, "wb") as fh:
+            fh.write(_idx_bytes(labels))
+        pairs.append((ip, lp))
+    x, y, counts = mnist.load_idx_splits(pairs)
+    one_by_one = [mnist.load_idx_pair(*pair) for pair in pairs]
+    np.testing.assert_array_equal(x, np.concatenate([p[0] for p in one_by_one]))
+    np.testing.assert_array_equal(y, np.concatenate([p[1] for p in one_by_one]))
+    assert x.dtype == np.uint8 and x.shape == (10, 28, 28) and counts.tolist() == [7, 3]
+
+
+def test_idx_splits_refusals_name_the_file(tmp_path, digits):
+    """Headers are read first, data later: a truncated or mismatched SECOND split still fails
+    with a one-line error naming its file."""
+    images, labels = digits
+    for name, data in (("train-img", images), ("train-lab", labels), ("t10k-lab", labels)):
+        (tmp_path / name).write_bytes(_idx_bytes(data))
+    (tmp_path / "t10k-img-cut").write_bytes(_idx_bytes(images)[:-100])
+    train = (tmp_path / "train-img", tmp_path / "train-lab")
+    with pytest.raises(DataError, match="t10k-img-cut.*truncated") as err:
+        mnist.load_idx_splits([train, (tmp_path / "t10k-img-cut", tmp_path / "t10k-lab")])
+    assert "\n" not in str(err.value)
+    (tmp_path / "t10k-lab-short").write_bytes(_idx_bytes(labels[:2]))
+    with pytest.raises(DataError, match="t10k-lab-short.*2 labels.*5 images"):
+        mnist.load_idx_splits([train, (tmp_path / "train-img", tmp_path / "t10k-lab-short")])
+    (tmp_path / "t10k-img-32").write_bytes(_idx_bytes(np.zeros((5, 32, 32), np.uint8)))
+    with pytest.raises(DataError, match="t10k-img-32.*32x32.*28x28"):
+        mnist.load_idx_splits([train, (tmp_path / "t10k-img-32", tmp_path / "t10k-lab")])
+
+
 def test_idx_missing_file(tmp_path):
     with pytest.raises(DataError, match="nope.idx.*not found"):
         mnist.read_idx_labels(tmp_path / "nope.idx")
