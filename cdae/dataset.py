@@ -109,29 +109,48 @@ def normalisation_stats(labels: np.ndarray, split: np.ndarray,
     return mean, std
 
 
+_WRITE_ROWS = 4096  # rows per write: bounds a block's dtype conversion, not the file's layout
+
+
+def _write_rows(f, name: str, array: np.ndarray, dtype: np.dtype | type, **create) -> None:
+    """``array`` (N, ...) into the new dataset ``name`` of ``dtype``, one block of rows at a
+    time (whole chunks of a chunked dataset, about ``_WRITE_ROWS`` rows): a dtype conversion
+    copies one block, never the whole array (``create_dataset(data=a.astype(...))`` would).
+    ``create``: h5py layout options (chunks, compression); the file equals a one-shot write."""
+    dset = f.create_dataset(name, shape=array.shape, dtype=dtype, **create)
+    rows = dset.chunks[0] if dset.chunks else 1
+    step = rows * max(1, _WRITE_ROWS // rows)
+    for start in range(0, array.shape[0], step):
+        dset[start:start + step] = np.asarray(array[start:start + step], dtype=dtype)
+
+
 def write_dataset(path: str | Path, ds: Dataset, *, cdae_version: str = "") -> None:
-    """Validate ``ds`` and write it atomically to ``path``."""
+    """Validate ``ds`` and write it atomically to ``path`` (a temporary file renamed at the
+    end). Each array is written in blocks of rows: no full-size temporary copy is made."""
     import h5py
 
     validate(ds, str(path))
     n = ds.images.shape[0]
     chunk = (min(n, 256),) + ds.images.shape[1:]
     with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("images", data=ds.images, chunks=chunk, compression="gzip",
-                             compression_opts=4)
-            f.create_dataset("labels", data=ds.labels.astype(np.float32))
-            f.create_dataset("label_mask", data=ds.label_mask.astype(np.uint8))
-            f.create_dataset("split", data=ds.split.astype(np.uint8))
+        # no chunk cache: every chunk is written whole, once, and compressed at once; a cache
+        # (HDF5 2.0's default is 8 MiB per dataset) would only hold uncompressed chunks until
+        # the file is closed (measured: RSS +8 MiB at 10,000 digits, 2 MiB at 2,000)
+        with h5py.File(tmp, "w", rdcc_nbytes=0) as f:
+            _write_rows(f, "images", ds.images, np.uint8, chunks=chunk, compression="gzip",
+                        compression_opts=4)
+            _write_rows(f, "labels", ds.labels, np.float32)
+            _write_rows(f, "label_mask", ds.label_mask, np.uint8)
+            _write_rows(f, "split", ds.split, np.uint8)
             if ds.noise is not None:
-                f.create_dataset("noise", data=ds.noise.astype(np.float64))
+                _write_rows(f, "noise", ds.noise, np.float64)
             if ds.base_index is not None:
-                f.create_dataset("base_index", data=ds.base_index.astype(np.int64))
-            if ds.base_images is not None:
-                f.create_dataset("base_images", data=ds.base_images, compression="gzip",
-                                 compression_opts=4)
+                _write_rows(f, "base_index", ds.base_index, np.int64)
+            if ds.base_images is not None:  # h5py picks the chunk shape, as before
+                _write_rows(f, "base_images", ds.base_images, ds.base_images.dtype,
+                            compression="gzip", compression_opts=4)
             if ds.source_index is not None:
-                f.create_dataset("source_index", data=ds.source_index.astype(np.int64))
+                _write_rows(f, "source_index", ds.source_index, np.int64)
             f.attrs["schema_version"] = SCHEMA_VERSION
             f.attrs["graph"] = ds.graph.to_json()
             f.attrs["label_mean"] = ds.label_mean

@@ -49,6 +49,36 @@ def test_dataset_round_trip(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == [tmp_path / "d.h5"]  # no temporary left behind
 
 
+def test_dataset_written_in_blocks_equals_one_write(tmp_path: Path, monkeypatch) -> None:
+    """write_dataset writes each array a block of rows at a time (no full-size temporaries):
+    several blocks, a partial last chunk and h5py's own chunk shape for base_images give the
+    same datasets, layout and compressed chunks as one ``create_dataset(data=...)`` each."""
+    import cdae.dataset
+
+    n = 700  # images chunks of 256 rows: blocks of 256 below, the last chunk partial
+    ds = small_dataset(n)
+    ds.images[:] = np.arange(n, dtype=np.uint8)[:, None, None, None]  # rows tell apart
+    ds.base_images = np.random.default_rng(1).integers(0, 255, (n, 1, 8, 8), dtype=np.uint8)
+    monkeypatch.setattr(cdae.dataset, "_WRITE_ROWS", 1)  # one chunk row per block
+    write_dataset(tmp_path / "blocks.h5", ds)
+    with h5py.File(tmp_path / "one.h5", "w") as f:
+        f.create_dataset("images", data=ds.images, chunks=(256, 1, 8, 8), compression="gzip",
+                         compression_opts=4)
+        f.create_dataset("labels", data=ds.labels.astype(np.float32))
+        f.create_dataset("base_images", data=ds.base_images, compression="gzip",
+                         compression_opts=4)
+    with h5py.File(tmp_path / "blocks.h5", "r") as got, h5py.File(tmp_path / "one.h5") as ref:
+        for name in ref:
+            a, b = got[name], ref[name]
+            assert (a.dtype, a.shape, a.chunks, a.compression) == (b.dtype, b.shape, b.chunks,
+                                                                   b.compression), name
+            np.testing.assert_array_equal(a[()], b[()])
+            for c in range(b.id.get_num_chunks() if b.chunks else 0):
+                where = b.id.get_chunk_info(c).chunk_offset
+                assert a.id.read_direct_chunk(where) == b.id.read_direct_chunk(where), name
+        assert got["base_images"].id.get_num_chunks() > 1
+
+
 def test_dataset_refusals(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="dataset file not found"):
         read_dataset(tmp_path / "missing.h5")
