@@ -513,33 +513,28 @@ def _resolve_workers(workers: int | None) -> int:
 
 
 def _run_chunked(fn, arrays: Sequence[np.ndarray], n: int, workers: int | None,
-                 progress: ProgressFn | None,
-                 sink: Callable[[slice, object], None] | None = None) -> list:
-    """Apply ``fn`` to row chunks of ``arrays``; results in chunk order.
+                 progress: ProgressFn | None, sink: Callable[[slice, object], None]) -> None:
+    """Apply ``fn`` to row chunks of ``arrays``; ``sink(rows, result)`` takes each chunk's
+    result as it arrives (in any order; the caller writes it into its preallocated output)
+    and nothing is kept here.
 
     ``progress(n)`` is called after each chunk with the number of images that chunk held
     (an increment, as ``Progress.advance`` takes it); the calls sum to ``n``.
-    ``sink(rows, result)``, when given, takes each chunk's result as it arrives (in any order)
-    and nothing is kept: the returned list is empty. Without it the results are returned.
     """
     workers = _resolve_workers(workers)
     if n == 0:
-        return []
+        return
     slices = _chunks(n, workers)
-    results: list = [None] * len(slices)
 
     def done(k: int, result: object) -> None:
-        if sink is None:
-            results[k] = result
-        else:
-            sink(slices[k], result)
+        sink(slices[k], result)
         if progress is not None:
             progress(slices[k].stop - slices[k].start)
 
     if workers == 1 or len(slices) == 1:
         for k, sl in enumerate(slices):
             done(k, fn(*(a[sl] for a in arrays)))
-        return results if sink is None else []
+        return
     # forkserver: workers fork from a clean single-threaded server, never from a caller that
     # holds CUDA, BLAS or OpenMP threads (forking those can deadlock)
     ctx = multiprocessing.get_context("forkserver")
@@ -549,7 +544,6 @@ def _run_chunked(fn, arrays: Sequence[np.ndarray], n: int, workers: int | None,
             # pop the future: it would otherwise keep its result alive until the end
             done(futures.pop(fut), fut.result())
             del fut
-    return results if sink is None else []
 
 
 def perturb_batch(
@@ -596,7 +590,11 @@ def measure_batch(
     arr = np.asarray(images)
     if arr.ndim != 3:
         raise ValueError(f"images must be (N, H, W), got {arr.shape}")
-    parts = _run_chunked(_measure_chunk, (arr,), arr.shape[0], workers, progress)
-    if not parts:
-        return np.zeros(0), np.zeros(0)
-    return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+    thickness = np.empty(arr.shape[0], np.float64)
+    intensity = np.empty(arr.shape[0], np.float64)
+
+    def store(rows: slice, chunk: tuple[np.ndarray, np.ndarray]) -> None:
+        thickness[rows], intensity[rows] = chunk
+
+    _run_chunked(_measure_chunk, (arr,), arr.shape[0], workers, progress, sink=store)
+    return thickness, intensity
