@@ -1,7 +1,7 @@
 """Benchmark prepare-data at scale: images/s, peak memory vs size, set_thickness vs disk dilation.
 
 Usage (from the repo root): python -m benchmarks.bench_prepare [--sizes 2000,10000]
-       [--workers 0] [--compare 300]
+       [--workers 0] [--compare 300] [--full] [--quiet-load 0.6] [--quiet-wait 2700]
 
 Needs the shared t10k digits (../shared/data/morphomnist/t10k-images-idx3-ubyte.gz, labels).
 
@@ -17,6 +17,14 @@ Needs the shared t10k digits (../shared/data/morphomnist/t10k-images-idx3-ubyte.
    image between the sizes is set against the output's size per image: the images (uint8 28x28)
    and labels (3 float64) the stage makes, and everything the file stores per image. Worker
    processes hold one chunk (<= 256 images) each, whatever N: not in these numbers.
+   ``--full``: the real 70,000-image run, after the sizes: synthetic MNIST-sized IDX files
+   (gzip, 60,000 train + 10,000 t10k: the shared t10k digits tiled 7 times, so each digit is
+   rendered 7 times with different SCM noise) and one fresh process as above. It starts once
+   the machine is quiet (1-minute load average below ``--quiet-load``, polled every 30 s for
+   at most ``--quiet-wait`` s; it runs anyway after that and says so). Printed: the wall time
+   of the whole process (interpreter start to exit) and of the stage, images/s, CPU time, the
+   stage's peak RSS, the load average before and after, and the peak's growth per image from
+   the largest ``--sizes`` run (a long baseline: allocator and library constants cancel).
 3. On the first ``--compare`` shared digits, ONE core, targets U[1, 5] px: our set_thickness
    (cdae.morpho: Euclidean distance transform, no quantisation) against the Morpho-MNIST
    reference approach written here only (benchmarks.bench_morpho.reference_set_thickness:
@@ -30,6 +38,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gzip
+import itertools
 import json
 import os
 import subprocess
@@ -117,10 +126,12 @@ def write_idx(path: Path, array: np.ndarray) -> None:
         fh.write(header + np.ascontiguousarray(array, np.uint8).tobytes())
 
 
-def make_idx_folder(folder: Path, images: np.ndarray, labels: np.ndarray) -> None:
-    """train = the first 90% of the digits, t10k = the rest (MNIST's file names)."""
+def make_idx_folder(folder: Path, images: np.ndarray, labels: np.ndarray,
+                    n_test: int | None = None) -> None:
+    """train = the first digits, t10k = the last ``n_test`` (default 10%; MNIST's file
+    names)."""
     folder.mkdir(parents=True)
-    cut = images.shape[0] - images.shape[0] // 10
+    cut = images.shape[0] - (images.shape[0] // 10 if n_test is None else n_test)
     for prefix, sl in (("train", slice(0, cut)), ("t10k", slice(cut, None))):
         write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images[sl])
         write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels[sl])
@@ -164,7 +175,23 @@ def file_bytes_per_image(path: Path) -> dict[str, float]:
                 for name in f if f[name].shape[0] == n or name == "base_images"}
 
 
-def run_prepare(sizes: list[int], workers: int) -> None:
+def run_child(folder: Path, out: Path, workers: int) -> dict:
+    """prepare-data on the IDX files in ``folder`` in a fresh process (``child``): its JSON
+    result plus ``process_seconds``, the wall time from the interpreter's start to its exit."""
+    cmd = [sys.executable, "-m", "benchmarks.bench_prepare", "--child", str(folder),
+           "--out", str(out), "--workers", str(workers)]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.exit(f"prepare-data on {folder} failed:\n{proc.stderr[-3000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["process_seconds"] = seconds
+    return result
+
+
+def run_prepare(sizes: list[int], workers: int) -> dict[int, dict]:
+    """The ``sizes`` runs (first N shared digits); their results by N."""
     images, labels = shared_t10k()
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -172,13 +199,8 @@ def run_prepare(sizes: list[int], workers: int) -> None:
             folder = Path(tmp) / f"idx_{n}"
             make_idx_folder(folder, images[:n], labels[:n])
             out = Path(tmp) / f"dataset_{n}.h5"
-            cmd = [sys.executable, "-m", "benchmarks.bench_prepare", "--child", str(folder),
-                   "--out", str(out), "--workers", str(workers)]
             load = os.getloadavg()[0]
-            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-            if proc.returncode != 0:
-                sys.exit(f"prepare-data on {n} digits failed:\n{proc.stderr[-3000:]}")
-            r = results[n] = json.loads(proc.stdout.strip().splitlines()[-1])
+            r = results[n] = run_child(folder, out, workers)
             r["file"] = file_bytes_per_image(out)
             print(f"  N={n:>6}: {r['seconds']:6.1f} s = {r['images'] / r['seconds']:6.1f} "
                   f"images/s wall; CPU {r['cpu_seconds']:.1f} s in this process and "
@@ -208,6 +230,68 @@ def run_prepare(sizes: list[int], workers: int) -> None:
           + ", ".join(f"{k} {v:.0f}" for k, v in sorted(results[hi]["file"].items())) + ")")
     print(f"  => growth / (images + labels) = {growth / made:.2f}, growth / file per image = "
           f"{growth / file_total:.2f}")
+    return results
+
+
+def wait_quiet(threshold: float, max_wait: float, poll: float = 30.0) -> tuple[bool, float]:
+    """Poll the 1-minute load average every ``poll`` s until it is below ``threshold`` or
+    ``max_wait`` s have passed: (quiet, seconds waited)."""
+    start = time.monotonic()
+    for k in itertools.count():
+        load = os.getloadavg()
+        waited = time.monotonic() - start
+        if load[0] < threshold:
+            return True, waited
+        if waited >= max_wait:
+            return False, waited
+        if k % 10 == 0:  # a line every 5 minutes
+            print(f"  waiting for a quiet machine: load average {load[0]:.2f} {load[1]:.2f} "
+                  f"{load[2]:.2f} (1/5/15 min) after {waited / 60:.1f} min", flush=True)
+        time.sleep(min(poll, max(1.0, max_wait - waited)))
+    raise AssertionError("unreachable")
+
+
+def run_full(workers: int, threshold: float, max_wait: float, small: dict | None) -> None:
+    """The 70,000-image run (see the module docstring, ``--full``)."""
+    images, labels = shared_t10k()
+    reps = -(-N_FULL // images.shape[0])
+    cores = os.cpu_count() or 1
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "idx_full"
+        make_idx_folder(folder, np.concatenate([images] * reps)[:N_FULL],
+                        np.concatenate([labels] * reps)[:N_FULL], n_test=10_000)
+        on_disk = sum(f.stat().st_size for f in folder.iterdir())
+        print(f"\nprepare-data on ALL {N_FULL:,} images: synthetic MNIST-sized IDX files "
+              f"(60,000 train + 10,000 t10k, gzip, {on_disk / 2**20:.1f} MiB: the shared t10k "
+              f"digits x{reps}), data.workers {workers} (os.cpu_count() = {cores})", flush=True)
+        quiet, waited = wait_quiet(threshold, max_wait)
+        before = os.getloadavg()
+        print(f"  {'quiet' if quiet else 'NOT quiet'} after {waited / 60:.1f} min of waiting "
+              f"(threshold: 1-minute load average < {threshold}); load average before the run "
+              f"{before[0]:.2f} {before[1]:.2f} {before[2]:.2f} (1/5/15 min)", flush=True)
+        out = Path(tmp) / "dataset_full.h5"
+        r = run_child(folder, out, workers)
+        after = os.getloadavg()
+        file_total = sum(file_bytes_per_image(out).values())
+        out_mib = out.stat().st_size / 2**20
+    n = r["images"]
+    if n != N_FULL:
+        sys.exit(f"the full run wrote {n} images, expected {N_FULL}")
+    print(f"  process wall time {r['process_seconds']:.1f} s = "
+          f"{r['process_seconds'] / 60:.2f} min (interpreter start to exit; target <= 10 min), "
+          f"stage {r['seconds']:.1f} s = {n / r['seconds']:.1f} images/s")
+    print(f"  CPU {r['cpu_seconds']:.1f} s in this process and {r['processes']} below it = "
+          f"{r['cpu_seconds'] / n * 1e3:.2f} ms/image; stage peak RSS "
+          f"{r['peak_kib'] / 1024:.1f} MiB (RSS before {r['start_kib'] / 1024:.1f} MiB); "
+          f"output file {out_mib:.1f} MiB")
+    print(f"  load average after the run {after[0]:.2f} {after[1]:.2f} {after[2]:.2f} "
+          f"(1/5/15 min)")
+    if small:
+        m = max(small)
+        growth = (r["peak_kib"] - small[m]["peak_kib"]) * 1024 / (n - m)
+        print(f"  peak RSS growth {growth:.0f} bytes/image between {m:,} and {n:,} images; "
+              f"everything the file stores: {file_total:.0f} bytes/image => growth / file per "
+              f"image = {growth / file_total:.2f}")
 
 
 def compare(m: int) -> None:
@@ -248,6 +332,13 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=0, help="data.workers (0 = all cores)")
     parser.add_argument("--compare", type=int, default=300, help="digits for set_thickness "
                         "vs disk dilation (0 = skip)")
+    parser.add_argument("--full", action="store_true", help="also run prepare-data on "
+                        "70,000 images (synthetic MNIST-sized IDX files), once the machine is "
+                        "quiet")
+    parser.add_argument("--quiet-load", type=float, default=0.6, help="--full starts when the "
+                        "1-minute load average is below this")
+    parser.add_argument("--quiet-wait", type=float, default=2700.0, help="--full waits at "
+                        "most this many seconds for a quiet machine, then runs anyway")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -259,7 +350,9 @@ def main() -> None:
         sys.exit("--sizes: two or more sizes, at most 10000")
     print(f"prepare-data, data.source idx (shared t10k digits), data.workers {args.workers} "
           f"(os.cpu_count() = {os.cpu_count()}), default profile's SCM")
-    run_prepare(sizes, args.workers)
+    small = run_prepare(sizes, args.workers)
+    if args.full:
+        run_full(args.workers, args.quiet_load, args.quiet_wait, small)
     if args.compare:
         compare(args.compare)
 
