@@ -93,15 +93,16 @@ class Dataset:
 
 def normalisation_stats(labels: np.ndarray, split: np.ndarray,
                         graph: CausalGraph) -> tuple[np.ndarray, np.ndarray]:
-    """Mean/std per variable over the TRAIN split's present labels (categorical: 0 and 1)."""
+    """Mean/std per variable over the TRAIN split's present labels (categorical: 0 and 1).
+    One column is copied at a time (not the train rows of every column)."""
     k = len(graph.variables)
     mean = np.zeros(k, np.float64)
     std = np.ones(k, np.float64)
-    train = labels[split == int(Split.TRAIN)]
+    train = split == int(Split.TRAIN)
     for j, v in enumerate(graph.variables):
         if v.is_categorical:
             continue
-        col = train[:, j]
+        col = labels[train, j]
         col = col[np.isfinite(col)]
         if col.size >= 2:
             mean[j] = float(col.mean())
