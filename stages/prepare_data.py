@@ -119,13 +119,14 @@ def _generated(params: cfg.Params, rng: np.random.Generator) -> Dataset:
     with Progress(split.shape[0], "prepare-data", unit="img") as bar:
         images, labels, noise = gen.generate(base, digits, rng, workers, bar.advance)
     n = images.shape[0]
-    # the label columns, filled in place (no stacked copy), then the per-variable arrays and
-    # the base classes are dropped: what stays per image is what the file stores (+ the
+    # the label columns filled in place (no stacked copy), each variable's array dropped once
+    # copied, like the base classes: what stays per image is what the file stores (+ the
     # labels in float64, which the file holds as float32)
+    del digits
     label_arr = np.empty((n, len(params.graph.names)), np.float64)
     for j, name in enumerate(params.graph.names):
-        label_arr[:, j] = labels[name]
-    del labels, digits
+        label_arr[:, j] = labels.pop(name)
+    del labels
     mask = _label_mask(dp, rng, label_arr, split)
     mean, std = normalisation_stats(label_arr, split, params.graph)
     return Dataset(images=images, labels=label_arr, label_mask=mask, split=split,
