@@ -43,6 +43,10 @@ def main() -> None:
     parser.add_argument("--profile", default=None)
     parser.add_argument("--steps", default="10,20,50,100,250")
     parser.add_argument("--images", type=int, default=50)
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="draws per intervention (evaluate.seeds); 1 keeps the 250-step run short")
+    parser.add_argument("--cycle-images", type=int, default=0,
+                        help="images of the composition/reversibility chains (0 = skip them)")
     parser.add_argument("--out", default="reports/steps.csv")
     args = parser.parse_args()
     from stages import evaluate
@@ -54,7 +58,9 @@ def main() -> None:
         for steps in counts:
             p = dataclasses.replace(
                 base,
-                evaluate=dataclasses.replace(base.evaluate, steps=steps, max_images=args.images),
+                evaluate=dataclasses.replace(base.evaluate, steps=steps, max_images=args.images,
+                                             seeds=args.seeds, cycle_images=args.cycle_images,
+                                             sweep_guidance=(), sweep_steps=()),
                 paths=dataclasses.replace(base.paths, metrics=str(Path(tmp) / f"m{steps}.json")))
             start = time.perf_counter()
             m = evaluate.run(p)

@@ -248,8 +248,9 @@ class EvaluateParams:
     dci_trees: int = field(default=50, metadata=POSITIVE)  # boosting rounds per factor
     frechet_images: int = field(default=1000, metadata=POSITIVE)  # train images: FD reference
     scatter_points: int = field(default=2000, metadata=POSITIVE)  # points per scatter CSV
-    sweep_guidance: tuple[float, ...] = ()  # optional: metrics vs guidance scale
-    sweep_steps: tuple[int, ...] = ()  # optional: metrics vs DDIM steps
+    sweep_guidance: tuple[float, ...] = ()  # curves: metrics vs guidance scale (() = off)
+    sweep_steps: tuple[int, ...] = ()  # curves: metrics vs DDIM steps (() = off)
+    sweep_images: int = field(default=10, metadata=POSITIVE)  # images of the curves
 
 
 @dataclass(frozen=True)
@@ -399,6 +400,13 @@ def resolve(raw: Mapping[str, Any], profile: str | None = None) -> Params:
         raise ConfigError(f"intervene.t0: {params.intervene.t0} must be below "
                           f"diffusion.timesteps ({params.diffusion.timesteps})",
                           hint="partial abduction stops inside the diffusion")
+    ep = params.evaluate
+    if any(s <= 0 for s in ep.sweep_steps):
+        raise ConfigError(f"evaluate.sweep_steps: {list(ep.sweep_steps)}: every step count must "
+                          "be > 0", hint="e.g. [10, 20, 50, 100]")
+    if any(not g >= 0 for g in ep.sweep_guidance):
+        raise ConfigError(f"evaluate.sweep_guidance: {list(ep.sweep_guidance)}: every guidance "
+                          "scale must be >= 0", hint="e.g. [0, 1, 2]")
     return params
 
 

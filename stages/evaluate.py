@@ -168,6 +168,15 @@ class _Context:
         self.x = to_unit(self.x_np).to(engine.device)
         self.y = torch.as_tensor(ds.labels[rows], dtype=torch.float32, device=engine.device)
         self.categorical = [ds.graph.variable(m).is_categorical for m in self.names]
+        # the predictors' reading of the factual images (the identity a counterfactual keeps)
+        self.pred_factual = (predictors.predict(self.x_np, self.labels)
+                             if predictors is not None else {})
+
+    def first(self, k: int) -> "_Context":
+        """The same evaluation on the first ``k`` images only."""
+        return _Context(engine=self.engine, ds=self.ds, gen=self.gen, plan=self.plan,
+                        predictors=self.pred, rows=self.rows[:k], steps=self.steps,
+                        guidance=self.guidance, abduction=self.abduction, t0=self.t0)
 
     def sub(self, d: Mapping[str, np.ndarray] | None, rows: np.ndarray):
         return None if d is None else {k: np.asarray(v)[rows] for k, v in d.items()}
@@ -290,6 +299,10 @@ def _attribute_rows(ctx: _Context, images: np.ndarray, s: Scored, rows: np.ndarr
         if m in predicted:
             if ctx.categorical[j]:
                 out[f"predicted_{m}_accuracy"] = accuracy(predicted[m], target[m])
+                kept = ~s.masks[sel, j]
+                if kept.any() and m in ctx.pred_factual:
+                    out[f"predicted_{m}_kept"] = accuracy(predicted[m][kept],
+                                                          ctx.pred_factual[m][sel][kept])
             else:
                 out[f"predicted_{m}_mae"] = mae(predicted[m], target[m])
             values.setdefault(m, ("predicted", predicted[m]))
@@ -630,12 +643,13 @@ def run(params: cfg.Params) -> dict[str, object]:
 
 def sweep_rows(ctx: _Context, ep: cfg.EvaluateParams, pools: list[np.ndarray]
                ) -> dict[str, dict[str, float]]:
-    """Optional curves: per guidance scale (``sweep_guidance``) and per DDIM step count
-    (``sweep_steps``, inversion and decoding), the do(v) marginal rows of the first seed and
-    the null composition, on the evaluated images. Groups ``sweep_<what>_<value>`` with
-    metrics ``<row>__<metric>``."""
+    """Curves: per guidance scale (``sweep_guidance``) and per DDIM step count (``sweep_steps``,
+    inversion and decoding), the do(v) marginal rows of the first seed and the null
+    composition, on the first ``sweep_images`` evaluated images. Groups
+    ``sweep_<what>_<value>`` with metrics ``<row>__<metric>``."""
     import copy
 
+    ctx = ctx.first(ep.sweep_images)
     out: dict[str, dict[str, float]] = {}
     facts: dict[int, object] = {}
     fact_img = ctx.engine.abduct(ctx.x, None, steps=1, abduction=cfg.Abduction.NOISE)
@@ -648,7 +662,7 @@ def sweep_rows(ctx: _Context, ep: cfg.EvaluateParams, pools: list[np.ndarray]
             facts[steps] = ctx.engine.abduct(ctx.x, ctx.y, steps=steps,
                                              abduction=ctx.abduction, t0=ctx.t0)
         fact = facts[steps]
-        group: dict[str, float] = {}
+        group: dict[str, float] = {"images": float(ctx.n)}
         none = np.zeros((ctx.n, len(ctx.names)), bool)
         s = score_intervention(sub, fact, fact_img, none, np.full(none.shape, np.nan))
         group["null__composition_l1"] = l1(s.x_cf, ctx.x_np)
@@ -712,6 +726,79 @@ def scatter_chart(title: str, panels: list[tuple[str, str, np.ndarray, np.ndarra
     return canvas
 
 
+#: x axis of each sweep's curves (``sweep_<what>_<value>`` groups of metrics.json)
+SWEEP_AXES = {"guidance": "guidance scale s", "steps": "DDIM steps (inversion and decoding)"}
+
+
+def sweep_curves(results: Mapping[str, object], what: str, names: tuple[str, ...]
+                 ) -> tuple[list[float], dict[str, list[float]], int]:
+    """The ``sweep_<what>_<value>`` groups as curves: sorted x values, per series one value
+    per x (NaN where missing), and the number of images. Series: the null composition and,
+    per do(v), the effectiveness of v (measured MAE, else predicted MAE or accuracy)."""
+    prefix = f"sweep_{what}_"
+    groups = {float(k[len(prefix):]): v for k, v in results.items()
+              if k.startswith(prefix) and isinstance(v, Mapping)}
+    xs = sorted(groups)
+    wanted = ["null__composition_l1"]
+    for m in names:
+        for metric in (f"{m}_mae", f"predicted_{m}_mae", f"predicted_{m}_accuracy"):
+            if any(f"do_{m}__{metric}" in g for g in groups.values()):
+                wanted.append(f"do_{m}__{metric}")
+                break
+    series = {w: [float(groups[x].get(w, float("nan"))) for x in xs] for w in wanted
+              if any(w in g for g in groups.values())}
+    images = max((int(g.get("images", 0)) for g in groups.values()), default=0)
+    return xs, series, images
+
+
+def curve_chart(title: str, x_label: str, xs: list[float], series: Mapping[str, list[float]]
+                ) -> "Image.Image":
+    """Small multiples, one panel per series: value against x (x values evenly spaced and
+    labelled, so step counts 10..250 stay readable). RGB image, Pillow only."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    pw, ph, left, top, bottom, gap, per_row = 200, 150, 50, 40, 40, 16, 4
+    n = max(1, len(series))
+    cols, rows = min(n, per_row), -(-n // per_row)
+    width = cols * (left + pw + gap) + gap
+    height = 20 + rows * (top + ph + bottom)
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((gap, 4), title, fill="black", font=font)
+    for i, (name, ys) in enumerate(series.items()):
+        x0 = gap + (i % per_row) * (left + pw + gap) + left
+        y_top = 20 + (i // per_row) * (top + ph + bottom) + top
+        v = np.asarray(ys, np.float64)
+        ok = np.isfinite(v)
+        lo, hi = (float(v[ok].min()), float(v[ok].max())) if ok.any() else (0.0, 1.0)
+        pad = max(hi - lo, 1e-9) * 0.1
+        lo, hi = lo - pad, hi + pad
+
+        def px(k: int, value: float) -> tuple[float, float]:
+            fx = 0.5 if len(xs) == 1 else k / (len(xs) - 1)
+            return x0 + 8 + fx * (pw - 16), y_top + (1 - (value - lo) / (hi - lo)) * ph
+
+        draw.rectangle((x0, y_top, x0 + pw, y_top + ph), outline="black")
+        draw.text((x0, y_top - 14), name.replace("__", ": "), fill="black", font=font)
+        pts = [px(k, float(v[k])) for k in range(len(xs)) if ok[k]]
+        if len(pts) > 1:
+            draw.line(pts, fill=(31, 119, 180), width=2)
+        for x, y in pts:
+            draw.ellipse((x - 3, y - 3, x + 3, y + 3), fill=(31, 119, 180))
+        for k, xv in enumerate(xs):
+            lab = f"{xv:g}"
+            x, _ = px(k, lo)
+            draw.text((x - font.getlength(lab) / 2, y_top + ph + 4), lab, fill="black", font=font)
+        for t in (lo + pad, hi - pad):
+            lab = f"{t:.3g}"
+            _, y = px(0, t)
+            draw.text((x0 - 4 - font.getlength(lab), y - 6), lab, fill="black", font=font)
+        draw.text((x0 + pw / 2 - font.getlength(x_label) / 2, y_top + ph + 20), x_label,
+                  fill="black", font=font)
+    return canvas
+
+
 def _clear(folder: Path, patterns: tuple[str, ...]) -> None:
     """Remove this stage's earlier files (by pattern) so a row that is gone leaves none."""
     for pattern in patterns:
@@ -742,6 +829,20 @@ def write_outputs(params: cfg.Params, results: Mapping[str, object],
             ok = np.flatnonzero(np.isfinite(t) & np.isfinite(v))[:limit]
             lines = ["target,value"] + [f"{t[i]:.6g},{v[i]:.6g}" for i in ok]
             write_text(csv_dir / f"{key}__{m}_{kind}.csv", "\n".join(lines) + "\n")
+    for what, x_label in SWEEP_AXES.items():
+        sweep_dir = ensure_writable_dir(root / EVALUATION_DIR / f"sweep_{what}")
+        _clear(sweep_dir, ("*.csv",))
+        xs, series, images = sweep_curves(results, what, params.graph.names)
+        if not series:
+            continue
+        title = (f"effectiveness and composition against the {x_label} (do(v) values from the "
+                 f"train marginal, first seed, {images} images)")
+        with atomic_path(png_dir / f"sweep_{what}.png") as tmp:
+            curve_chart(title, x_label, xs, series).save(tmp, format="PNG")
+        pngs.append(f"sweep_{what}.png")
+        for name, ys in series.items():
+            lines = [f"{what},value"] + [f"{x:g},{y:.6g}" for x, y in zip(xs, ys)]
+            write_text(sweep_dir / f"{name}.csv", "\n".join(lines) + "\n")
     log_path = Path(params.paths.model_dir) / "train_log.csv"
     if log_path.is_file():
         with atomic_path(png_dir / "train_loss.png") as tmp:
@@ -807,13 +908,18 @@ def evaluation_markdown(results: Mapping[str, object], pngs: list[str], graph) -
             lines += [f"| `{m}` | {_fmt(block, m)} | {_md(metric_meaning(m, units))} |"
                       for m in block if not m.endswith("_std")]
             lines.append("")
-    sweeps = [k for k in results if k.startswith("sweep_")]
-    if sweeps:
-        lines += ["## Sweeps (first seed, marginal do(v) rows)", ""]
-        for k in sweeps:
-            block = results[k]
-            assert isinstance(block, Mapping)
-            lines.append(f"- `{k}`: " + ", ".join(f"{m}={v:.3g}" for m, v in block.items()))
+    for what, x_label in SWEEP_AXES.items():
+        xs, series, images = sweep_curves(results, what, graph.names)
+        if not series:
+            continue
+        lines += [f"## Against the {x_label}", "",
+                  f"The null composition and each do(v)'s effectiveness (values from the train "
+                  f"marginal, first seed) on the first {images} evaluated images, re-scored at "
+                  f"each {what} value (`sweep_{what}_<value>` groups; plot `sweep_{what}.png`).",
+                  "", f"| {what} | " + " | ".join(n.replace("__", ": ") for n in series) + " |",
+                  "|---" * (len(series) + 1) + "|"]
+        lines += [f"| {x:g} | " + " | ".join(f"{ys[k]:.3g}" for ys in series.values()) + " |"
+                  for k, x in enumerate(xs)]
         lines.append("")
     lines += ["## Plots", ""]
     for name in pngs:

@@ -88,6 +88,10 @@ _PATTERN_MEANINGS = (
     (re.compile(r"^predicted_(\w+)_accuracy$"),
      "share of images whose {var} PREDICTED by q({var} | x, ...) equals the target; read it "
      "beside the predictor's own test accuracy; higher is better"),
+    (re.compile(r"^predicted_(\w+)_kept$"),
+     "share of images whose {var} was NOT intervened on and whose {var} predicted on the "
+     "counterfactual equals the one predicted on the factual image (identity kept; the "
+     "predictor's own errors cancel); higher is better"),
     (re.compile(r"^frechet_(\w+)_features$"),
      "Frechet distance between the penultimate features of this project's {var} predictor "
      "on the images and on train images (not Inception: no FID); lower is more realistic"),
@@ -122,6 +126,9 @@ def metric_meaning(name: str, units: Mapping[str, str]) -> str:
     """One line saying what metric ``name`` of metrics.json measures, with its unit."""
     if name in _FIXED_MEANINGS:
         return _FIXED_MEANINGS[name]
+    if "__" in name:  # a sweep group's <row>__<metric>
+        row, metric = name.split("__", 1)
+        return f"{row}: {metric_meaning(metric, units)}"
     for pattern, text in _PATTERN_MEANINGS:
         m = pattern.match(name)
         if m is not None:
@@ -136,6 +143,12 @@ def group_meaning(key: str) -> str:
     if key == "null":
         return ("do(): no intervention; the model must give the factual image back "
                 "(composition)")
+    sweep = re.match(r"^sweep_(guidance|steps)_(.+)$", key)
+    if sweep:
+        what = "guidance scale s" if sweep.group(1) == "guidance" else "DDIM steps"
+        return (f"curve point: the null intervention and each do(v) (train-marginal values, "
+                f"first seed) re-scored with {what} = {sweep.group(2)} on the first "
+                "evaluate.sweep_images images")
     forced = key.endswith("_forced")
     base = key[:-len("_forced")] if forced else key
     how = ("a train value from another decile bin (another class) than the factual one"

@@ -80,6 +80,8 @@ def test_params_file_loads_with_every_profile() -> None:
     (("data", "labeled_fraction"), 1.5, "data.labeled_fraction: 1.5 must be in [0, 1]"),
     (("model", "channel_mult"), 2, "model.channel_mult: expected a list"),
     (("intervene", "t0"), 1000, "intervene.t0: 1000 must be below diffusion.timesteps (1000)"),
+    (("evaluate", "sweep_steps"), [10, 0], "evaluate.sweep_steps: [10, 0]: every step count"),
+    (("evaluate", "sweep_guidance"), [1, -1], "evaluate.sweep_guidance: [1.0, -1.0]: every"),
 ])
 def test_bad_params_name_the_key(path, value, fragment) -> None:
     raw = base_raw()

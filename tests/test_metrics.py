@@ -181,3 +181,28 @@ def test_predictors_round_trip_and_nan_inputs(tmp_path) -> None:
     assert np.isnan(p1["a"][0]) and np.isfinite(p1["a"][1:]).all()
     assert np.isfinite(p1["b"]).all() and set(np.unique(p1["k"])) <= {0.0, 1.0, 2.0}
     assert again.features(images).shape == (n, 4)
+
+
+def test_sweep_curves_sort_x_pick_effectiveness_and_mark_missing() -> None:
+    from stages.evaluate import curve_chart, sweep_curves
+
+    results = {
+        "sweep_steps_50": {"images": 4.0, "null__composition_l1": 0.4,
+                           "do_thickness__thickness_mae": 0.13,
+                           "do_thickness__intensity_mae": 7.0,
+                           "do_digit__predicted_digit_accuracy": 0.9},
+        "sweep_steps_10": {"images": 4.0, "null__composition_l1": 4.4,
+                           "do_thickness__thickness_mae": 0.32},
+        "sweep_guidance_1": {"images": 4.0, "null__composition_l1": 9.0},
+        "do_thickness": {"thickness_mae": 0.1},
+    }
+    xs, series, images = sweep_curves(results, "steps", ("thickness", "intensity", "digit"))
+    assert xs == [10.0, 50.0] and images == 4
+    # the intervened variable's own effectiveness only (not the propagated intensity)
+    assert list(series) == ["null__composition_l1", "do_thickness__thickness_mae",
+                            "do_digit__predicted_digit_accuracy"]
+    assert series["null__composition_l1"] == [4.4, 0.4]
+    assert np.isnan(series["do_digit__predicted_digit_accuracy"][0])
+    image = curve_chart("t", "DDIM steps", xs, series)
+    assert image.size[0] > 3 * 200 and image.getextrema() != ((255, 255),) * 3
+    assert sweep_curves(results, "missing", ("thickness",)) == ([], {}, 0)

@@ -122,6 +122,17 @@ def check_scorecard(project: Path, metrics: dict) -> None:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     csv = (project / "reports/evaluation/csv/do_thickness__thickness_measured.csv").read_text()
     assert csv.startswith("target,value\n") and len(csv.splitlines()) == 1 + ep["max_images"]
+    # identity kept: the digit read on do(thickness) counterfactuals against the factual reading
+    assert 0 <= metrics["do_thickness"]["predicted_digit_kept"] <= 1
+    assert "predicted_digit_kept" not in metrics["do_digit"]  # every digit was intervened on
+    for what in ("guidance", "steps"):  # the curves: PNG, one CSV per series, groups
+        assert f"sweep_{what}.png" in {p.name for p in pngs}
+        lines = (project / f"reports/evaluation/sweep_{what}/null__composition_l1.csv"
+                 ).read_text().splitlines()
+        assert lines[0] == f"{what},value"
+        assert [float(x.split(",")[0]) for x in lines[1:]] == sorted(ep[f"sweep_{what}"])
+        assert metrics[f"sweep_{what}_{ep[f'sweep_{what}'][0]:g}"]["images"] == ep["sweep_images"]
+    assert "## Against the DDIM steps" in md
 
 
 def test_cli_intervene_prints_parents(project: Path) -> None:
