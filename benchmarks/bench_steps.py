@@ -47,11 +47,16 @@ def main() -> None:
                         help="draws per intervention (evaluate.seeds); 1 keeps the 250-step run short")
     parser.add_argument("--cycle-images", type=int, default=0,
                         help="images of the composition/reversibility chains (0 = skip them)")
+    parser.add_argument("--inversion-iters", type=int, default=None,
+                        help="fixed-point refinements per inversion step (default: params)")
     parser.add_argument("--out", default="reports/steps.csv")
     args = parser.parse_args()
     from stages import evaluate
 
     base = config.load(args.params, args.profile)
+    if args.inversion_iters is not None:
+        base = dataclasses.replace(base, diffusion=dataclasses.replace(
+            base.diffusion, inversion_iters=args.inversion_iters))
     counts = sorted({int(s) for s in args.steps.split(",")})
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

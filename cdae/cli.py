@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional
 import typer
 
 from cdae import __version__
-from cdae.config import Abduction, Device, ParentsFrom
+from cdae.config import Abduction, Device, GuidanceMode, ParentsFrom
 from cdae.errors import CdaeError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -233,6 +233,8 @@ def intervene(params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt,
                                                  "in params intervene.interventions, or the "
                                                  "output name for --var/--do"),
               guidance: Optional[float] = typer.Option(None, help="guidance scale s >= 0"),
+              guidance_mode: Optional[GuidanceMode] = typer.Option(
+                  None, help="unconditional (classifier-free) or factual (amplify only the change)"),
               steps: Optional[int] = typer.Option(None, help="DDIM steps"),
               abduction: Optional[Abduction] = typer.Option(None, help="invert, partial or noise"),
               parents_from: Optional[ParentsFrom] = typer.Option(None, help="labels or image"),
@@ -280,7 +282,8 @@ def intervene(params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt,
             return stage.run_sweep(p, var, sweep, name=name, out=str(out) if out else None,
                                    strict=strict, guidance=guidance, steps=steps,
                                    abduction=abduction, parents_from=parents_from,
-                                   max_images=max_images, shard=shard)
+                                   max_images=max_images, shard=shard,
+                                   guidance_mode=guidance_mode)
         p = _params(params, profile)
         items = list(do)
         if (var is None) != (value is None):
@@ -311,7 +314,8 @@ def intervene(params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt,
         parsed = parse_do(items, p.graph)
         return stage.run(p, parsed, name=run_name, out=str(out) if out else None, strict=strict,
                          guidance=guidance, steps=steps, abduction=abduction,
-                         parents_from=parents_from, max_images=max_images, shard=shard)
+                         parents_from=parents_from, max_images=max_images, shard=shard,
+                         guidance_mode=guidance_mode)
 
     def text(r: dict[str, Any]) -> str:
         from stages.intervene import SKIPPED_ATTR, FileKind

@@ -70,6 +70,14 @@ class Abduction(str, enum.Enum):
     NOISE = "noise"  # the paper's: x_T ~ q(x_T | x), stochastic
 
 
+class GuidanceMode(str, enum.Enum):
+    """What guidance pushes the decoding away from: eps~ = eps(c_cf) + s (eps(c_cf) - eps(ref))."""
+
+    UNCONDITIONAL = "unconditional"  # classifier-free: ref = the learned null condition
+    FACTUAL = "factual"  # ref = the factual condition: only the intervention's change is
+    # amplified, and a null intervention (c_cf = c) decodes exactly as without guidance
+
+
 class ParentsFrom(str, enum.Enum):
     """Where the factual parent values used for abducting u come from."""
 
@@ -221,6 +229,7 @@ class InterveneParams:
     max_images: int = field(default=100, metadata=NON_NEGATIVE)
     steps: int = field(default=50, metadata=POSITIVE)
     guidance: float = field(default=0.0, metadata=NON_NEGATIVE)
+    guidance_mode: GuidanceMode = GuidanceMode.UNCONDITIONAL
     abduction: Abduction = Abduction.INVERT
     t0: int = field(default=700, metadata=POSITIVE)  # for partial abduction
     parents_from: ParentsFrom = ParentsFrom.LABELS

@@ -260,12 +260,20 @@ class CounterfactualEngine:
 
     @torch.no_grad()
     def predict(self, factual: Factual, z_cf: torch.Tensor, *, steps: int, guidance: float,
-                abduction: cfg.Abduction = cfg.Abduction.INVERT, t0: int = 700) -> torch.Tensor:
-        """Prediction: DDIM-decode x_T with c_cf = flatten(z_cf) and guidance s -> (B, C, H, W)."""
+                abduction: cfg.Abduction = cfg.Abduction.INVERT, t0: int = 700,
+                guidance_mode: cfg.GuidanceMode = cfg.GuidanceMode.UNCONDITIONAL) -> torch.Tensor:
+        """Prediction: DDIM-decode x_T with c_cf = flatten(z_cf) and guidance s -> (B, C, H, W).
+
+        ``guidance_mode`` NULL: eps~ = eps(c_cf) + s (eps(c_cf) - eps(null)) (classifier-free);
+        FACTUAL: eps~ = eps(c_cf) + s (eps(c_cf) - eps(c)), c the factual condition: it
+        amplifies only what the intervention changed (one doubled-batch forward either way)."""
         c = self.model.condition(z_cf, factual.style)
+        ref = (self.model.null_cond if guidance_mode is cfg.GuidanceMode.UNCONDITIONAL
+               else self.model.condition(factual.z, factual.style))
         t_start = t0 if abduction is cfg.Abduction.PARTIAL else None
-        return self.diffusion.ddim_sample(factual.x_T, self._eps_fn(c, guidance),
-                                          self._steps_for(steps, t_start), t_start=t_start)
+        eps_fn = guided_eps_fn(self.model.eps, c, ref, guidance)
+        return self.diffusion.ddim_sample(factual.x_T, eps_fn, self._steps_for(steps, t_start),
+                                          t_start=t_start)
 
     # ------------------------------------------------------------------ notebook helpers
     @torch.no_grad()

@@ -149,7 +149,8 @@ class _Context:
     """What every intervention of one evaluation shares (images, labels, engine, ...)."""
 
     def __init__(self, *, engine, ds, gen, plan, predictors, rows: np.ndarray, steps: int,
-                 guidance: float, abduction: cfg.Abduction, t0: int) -> None:
+                 guidance: float, abduction: cfg.Abduction, t0: int,
+                 guidance_mode: cfg.GuidanceMode = cfg.GuidanceMode.UNCONDITIONAL) -> None:
         import torch
 
         from cdae.counterfactual import to_unit
@@ -160,6 +161,7 @@ class _Context:
         self.n = rows.size
         self.steps, self.guidance = steps, guidance
         self.abduction, self.t0 = abduction, t0  # intervene's: the counterfactuals it makes
+        self.guidance_mode = guidance_mode  # intervene's too
         self.labels = {name: ds.labels[rows, j] for j, name in enumerate(self.names)}
         self.noise = ds.noise[rows] if ds.noise is not None else None
         self.base = (ds.base_images[ds.base_index[rows]]
@@ -176,7 +178,8 @@ class _Context:
         """The same evaluation on the first ``k`` images only."""
         return _Context(engine=self.engine, ds=self.ds, gen=self.gen, plan=self.plan,
                         predictors=self.pred, rows=self.rows[:k], steps=self.steps,
-                        guidance=self.guidance, abduction=self.abduction, t0=self.t0)
+                        guidance=self.guidance, abduction=self.abduction, t0=self.t0,
+                        guidance_mode=self.guidance_mode)
 
     def sub(self, d: Mapping[str, np.ndarray] | None, rows: np.ndarray):
         return None if d is None else {k: np.asarray(v)[rows] for k, v in d.items()}
@@ -229,7 +232,8 @@ def score_interventions(ctx: _Context, fact, fact_img,
     big_img = _repeat(fact_img, len(draws)) if len(draws) > 1 else fact_img
     z_cf = intervene_groups(engine, big, masks, values, names)
     x_cf = to_uint8(engine.predict(big, z_cf, steps=ctx.steps, guidance=ctx.guidance,
-                                   abduction=ctx.abduction, t0=ctx.t0))
+                                   abduction=ctx.abduction, t0=ctx.t0,
+                                   guidance_mode=ctx.guidance_mode))
     believed = engine.model.read_labels(z_cf).cpu().numpy()
     believed_img = engine.model.read_labels(
         intervene_groups(engine, big_img, masks, values, names)).cpu().numpy()
@@ -394,7 +398,8 @@ def _step(ctx: _Context, images: np.ndarray, labels: np.ndarray, masks: np.ndarr
                     steps=ctx.steps, abduction=ctx.abduction, t0=ctx.t0)
     z_cf = intervene_groups(e, fact, masks, values, ctx.names)
     return to_uint8(e.predict(fact, z_cf, steps=ctx.steps, guidance=ctx.guidance,
-                              abduction=ctx.abduction, t0=ctx.t0))
+                              abduction=ctx.abduction, t0=ctx.t0,
+                              guidance_mode=ctx.guidance_mode))
 
 
 def cycle_rows(ctx: _Context, sel: np.ndarray, pa_star: np.ndarray, m_long: int,
@@ -506,7 +511,7 @@ def run(params: cfg.Params) -> dict[str, object]:
     rows = select(ds, ep.split, ep.max_images)
     ctx = _Context(engine=engine, ds=ds, gen=gen, plan=plan, predictors=pred, rows=rows,
                    steps=ep.steps, guidance=ep.guidance, abduction=params.intervene.abduction,
-                   t0=params.intervene.t0)
+                   t0=params.intervene.t0, guidance_mode=params.intervene.guidance_mode)
     train_rows = ds.indices(Split.TRAIN)
     pools = [ds.labels[train_rows, j] for j in range(len(names))]
     timings: dict[str, float] = {}
@@ -597,6 +602,7 @@ def run(params: cfg.Params) -> dict[str, object]:
     results["setup"] = {
         "dataset": params.paths.dataset, "split": ep.split, "images": int(ctx.n),
         "image_shape": list(ds.image_shape), "ddim_steps": ep.steps, "guidance": ep.guidance,
+        "guidance_mode": ctx.guidance_mode.value,
         "seeds": [ep.seed + i for i in range(ep.seeds)],
         "rows": (f"do_<v>, random: {ctx.n} images x {ep.seeds} seeds (mean; _std over seeds); "
                  f"null: {ctx.n} images; cycles: {results.get('cycles', {}).get('images', 0):.0f}"

@@ -188,9 +188,12 @@ def _setup(params: cfg.Params, label: str,
                 params.paths.latents, model_path, rows, ip.steps, ip.parents_from,
                 engine.inversion_iters, abduction=ip.abduction, t0=ip.t0))
         files = stack.pop_all()
-    log.info("%s on %d images (%s abduction%s, %d DDIM steps, guidance %g%s)", label,
-             rows.size, ip.abduction.value, ", cached x_T" if cache else "", ip.steps,
-             ip.guidance, f", shard {part}" if part.enabled else "")
+    log.info("%s on %d images (%s abduction%s, %d DDIM steps, guidance %g%s%s)", label,
+             rows.size, ip.abduction.value,
+             (", cached x_t0" if ip.abduction is cfg.Abduction.PARTIAL else ", cached x_T")
+             if cache else "", ip.steps, ip.guidance,
+             f" from the {ip.guidance_mode.value} condition" if ip.guidance else "",
+             f", shard {part}" if part.enabled else "")
     gen = torch.Generator(device=engine.device)
     return _Setup(engine, ds, ip, rows, cache, gen, params.seed, part, shard_rows,
                   files), notes
@@ -234,7 +237,7 @@ def _act_predict(s: _Setup, fact: Factual,
     engine, ip = s.engine, s.ip
     z_cf = engine.intervene(fact, do)
     x_cf = engine.predict(fact, z_cf, steps=ip.steps, guidance=ip.guidance,
-                          abduction=ip.abduction, t0=ip.t0)
+                          abduction=ip.abduction, t0=ip.t0, guidance_mode=ip.guidance_mode)
     pc = engine.model.read_labels(z_cf)
     for var, value in do.items():
         pc[:, engine.graph.index(var)] = value
@@ -245,7 +248,8 @@ def _settings_attrs(s: _Setup, name: str, kind: FileKind) -> dict[str, object]:
     graph = s.engine.graph
     return {"kind": kind.value, "name": name, "names": json.dumps(list(graph.names)),
             "units": json.dumps([graph.variable(n).unit for n in graph.names]),
-            "guidance": s.ip.guidance, "steps": s.ip.steps, "abduction": s.ip.abduction.value,
+            "guidance": s.ip.guidance,
+            "guidance_mode": s.ip.guidance_mode.value, "steps": s.ip.steps, "abduction": s.ip.abduction.value,
             "parents_from": s.ip.parents_from.value, "model_step": s.engine.step}
 
 
@@ -289,7 +293,7 @@ def write_skipped(params: cfg.Params, name: str, do: Any, *,
         f.attrs.update({"kind": FileKind.INTERVENTION.value, "name": name,
                         "names": json.dumps(list(graph.names)),
                         "units": json.dumps([graph.variable(n).unit for n in graph.names]),
-                        "guidance": ip.guidance, "steps": ip.steps,
+                        "guidance": ip.guidance, "guidance_mode": ip.guidance_mode.value, "steps": ip.steps,
                         "abduction": ip.abduction.value, "parents_from": ip.parents_from.value,
                         "do": json.dumps({v: float(x) for v, x in do.items()}),
                         SKIPPED_ATTR: reason})
@@ -310,7 +314,8 @@ def run(params: cfg.Params, do: dict[str, float], *, name: str | None = None,
         out: str | None = None, strict: bool = False, guidance: float | None = None,
         steps: int | None = None, abduction: cfg.Abduction | None = None,
         parents_from: cfg.ParentsFrom | None = None,
-        max_images: int | None = None, shard: str | None = None) -> dict[str, object]:
+        max_images: int | None = None, shard: str | None = None,
+        guidance_mode: cfg.GuidanceMode | None = None) -> dict[str, object]:
     """Counterfactuals of the split's images under ``do`` ({variable: raw value}) -> one file.
 
     ``shard`` "i/n" (or the torchrun rank) does one contiguous run of whole batches and writes
@@ -329,7 +334,7 @@ def run(params: cfg.Params, do: dict[str, float], *, name: str | None = None,
 
     s, notes = _setup(params, f"intervene {name}", validate, shard, guidance=guidance,
                       steps=steps, abduction=abduction, parents_from=parents_from,
-                      max_images=max_images)
+                      max_images=max_images, guidance_mode=guidance_mode)
     with s.files:  # the dataset (and latents) file, read batch by batch
         engine, ds, ip, rows = s.engine, s.ds, s.ip, s.rows
         target = (Path(out) if out
@@ -361,7 +366,7 @@ def run(params: cfg.Params, do: dict[str, float], *, name: str | None = None,
     summary = {
         "name": name, "path": str(target), "kind": FileKind.INTERVENTION.value,
         "images": int(rows.size), "do": checked,
-        "guidance": ip.guidance, "steps": ip.steps, "abduction": ip.abduction.value,
+        "guidance": ip.guidance, "guidance_mode": ip.guidance_mode.value, "steps": ip.steps, "abduction": ip.abduction.value,
         "parents_from": ip.parents_from.value, "warnings": notes,
         "parents": {n: {"factual_mean": float(np.mean(pf[:, j])),
                         "counterfactual_mean": float(np.mean(pcf[:, j])),
@@ -380,7 +385,8 @@ def run_sweep(params: cfg.Params, var: str, values: list[float], *, name: str | 
               out: str | None = None, strict: bool = False, guidance: float | None = None,
               steps: int | None = None, abduction: cfg.Abduction | None = None,
               parents_from: cfg.ParentsFrom | None = None,
-              max_images: int | None = None, shard: str | None = None) -> dict[str, object]:
+              max_images: int | None = None, shard: str | None = None,
+              guidance_mode: cfg.GuidanceMode | None = None) -> dict[str, object]:
     """Counterfactuals of the same images under do(var=v) for each of ``values`` (raw units).
 
     Abduction (the DDIM inversion) runs once per batch; action and prediction once per value.
@@ -410,7 +416,8 @@ def run_sweep(params: cfg.Params, var: str, values: list[float], *, name: str | 
 
     s, notes = _setup(params, f"sweep {name} over {len(values)} values of {var}", validate,
                       shard, guidance=guidance, steps=steps, abduction=abduction,
-                      parents_from=parents_from, max_images=max_images)
+                      parents_from=parents_from, max_images=max_images,
+                      guidance_mode=guidance_mode)
     with s.files:  # the dataset (and latents) file, read batch by batch
         engine, ds, ip, rows = s.engine, s.ds, s.ip, s.rows
         target = (Path(out) if out
@@ -455,7 +462,7 @@ def run_sweep(params: cfg.Params, var: str, values: list[float], *, name: str | 
         "name": name, "path": str(target), "kind": FileKind.SWEEP.value,
         "images": int(rows.size), "var": var, "values": [d[var] for d in dos],
         "shape": [n_val, int(rows.size), c, h, w],
-        "guidance": ip.guidance, "steps": ip.steps, "abduction": ip.abduction.value,
+        "guidance": ip.guidance, "guidance_mode": ip.guidance_mode.value, "steps": ip.steps, "abduction": ip.abduction.value,
         "parents_from": ip.parents_from.value, "warnings": notes, "variables": variables,
         "sweep": [{"value": d[var],
                    "parents": {n: float(np.mean(pcf[i, :, j]))
