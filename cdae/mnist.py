@@ -191,7 +191,8 @@ def _read_idx_into(path: PathLike, magic: int, kind: str, dims: tuple[int, ...],
         now = _parse_header(p, stream, magic, kind)
         if now != dims:
             raise DataError(f"{p}: the header changed while reading ({'x'.join(map(str, dims))} "
-                            f"-> {'x'.join(map(str, now))})", hint="do not modify it while it is read")
+                            f"-> {'x'.join(map(str, now))})",
+                            hint="do not modify the file while prepare-data reads it")
         _read_body(p, stream, dims, out)
 
     _with_idx_stream(path, read)
