@@ -661,7 +661,11 @@ def sweep_rows(ctx: _Context, ep: cfg.EvaluateParams, pools: list[np.ndarray]
     fact_img = ctx.engine.abduct(ctx.x, None, steps=1, abduction=cfg.Abduction.NOISE)
     settings = ([("guidance", g, ep.steps, g) for g in ep.sweep_guidance]
                 + [("steps", s, s, ep.guidance) for s in ep.sweep_steps])
+    scored: dict[tuple[int, float], dict[str, float]] = {}  # a point both sweeps share
     for what, value, steps, guidance in settings:
+        if (steps, guidance) in scored:
+            out[f"sweep_{what}_{value:g}"] = dict(scored[steps, guidance])
+            continue
         sub = copy.copy(ctx)
         sub.steps, sub.guidance = steps, guidance
         if steps not in facts:
@@ -681,7 +685,7 @@ def sweep_rows(ctx: _Context, ep: cfg.EvaluateParams, pools: list[np.ndarray]
                 row["l1_to_true_counterfactual"] = l1(s.x_cf[s.true_rows],
                                                       s.true_img[s.true_rows])
             group.update({f"do_{m}__{k}": v for k, v in row.items()})
-        out[f"sweep_{what}_{value:g}"] = group
+        out[f"sweep_{what}_{value:g}"] = scored[steps, guidance] = group
         log.info("evaluate sweep %s=%g: %s", what, value, group)
     return out
 
