@@ -98,7 +98,9 @@ def child(stage: str, folder: Path, n: int, steps: int, batch: int, threads: int
         rows = encode_latents.select(read_dataset(params.paths.dataset), "test", 0)
         cached = encode_latents.load_cached(
             params.paths.latents, Path(params.paths.model_dir) / "model.pt", rows[:1], steps,
-            params.intervene.parents_from, params.diffusion.inversion_iters)
+            params.intervene.parents_from, params.diffusion.inversion_iters,
+            abduction=params.intervene.abduction, t0=params.intervene.t0,
+            solver=params.diffusion.solver, spacing=params.diffusion.spacing)
         result["cached_x_T"] = cached is not None
     print(json.dumps(result))
 

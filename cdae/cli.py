@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional
 import typer
 
 from cdae import __version__
-from cdae.config import Abduction, Device, GuidanceMode, ParentsFrom
+from cdae.config import Abduction, Device, GuidanceMode, ParentsFrom, Solver, Spacing
 from cdae.errors import CdaeError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -31,6 +31,9 @@ _state = {"debug": False}
 ParamsOpt = typer.Option(Path("params.yaml"), "--params", help="params file to read")
 ProfileOpt = typer.Option(None, "--profile", help="profile from params.yaml's `profiles` "
                           "(overrides `profile:`)")
+SolverOpt = typer.Option(None, help="ODE solver of inversion and decoding (diffusion.solver): "
+                         "ddim, or heun (2nd order, 2 network calls per step)")
+SpacingOpt = typer.Option(None, help="timestep grid (diffusion.spacing): uniform or quadratic")
 JsonOpt = typer.Option(False, "--json", help="print the result as JSON on stdout")
 ShardOpt = typer.Option(None, "--shard", help="INDEX/COUNT: process one slice of the images "
                         "(SLURM arrays; torchrun ranks do this by themselves); join the "
@@ -68,10 +71,18 @@ def _run(fn: Callable[[], Any]) -> Any:
         raise typer.Exit(130) from None
 
 
-def _params(path: Path, profile: Optional[str]):
+def _params(path: Path, profile: Optional[str], solver: Optional[Solver] = None,
+            spacing: Optional[Spacing] = None):
+    """params.yaml (with its profile), the sampling options given on the command line applied."""
+    import dataclasses
+
     from cdae import config
 
-    return config.load(path, profile)
+    p = config.load(path, profile)
+    changes = {k: v for k, v in (("solver", solver), ("spacing", spacing)) if v is not None}
+    if changes:
+        p = dataclasses.replace(p, diffusion=dataclasses.replace(p.diffusion, **changes))
+    return p
 
 
 def _emit(result: Any, as_json: bool, text: Callable[[Any], str]) -> None:
@@ -137,6 +148,8 @@ def train(params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt,
 def encode_latents(params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt,
                    split: Optional[str] = typer.Option(None, help="train or test"),
                    steps: Optional[int] = typer.Option(None, help="DDIM inversion steps"),
+                   solver: Optional[Solver] = SolverOpt,
+                   spacing: Optional[Spacing] = SpacingOpt,
                    out: Optional[Path] = typer.Option(None, help="output HDF5 file"),
                    shard: Optional[str] = ShardOpt,
                    as_json: bool = JsonOpt) -> None:
@@ -149,7 +162,7 @@ def encode_latents(params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt
     def go():
         from stages import encode_latents as stage
 
-        return stage.run(_params(params, profile), split=split, steps=steps,
+        return stage.run(_params(params, profile, solver, spacing), split=split, steps=steps,
                          out=str(out) if out else None, shard=shard)
 
     _emit(_run(go), as_json, lambda r: f"wrote {r['path']}: {r['images']} images")
@@ -236,6 +249,8 @@ def intervene(params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt,
               guidance_mode: Optional[GuidanceMode] = typer.Option(
                   None, help="unconditional (classifier-free) or factual (amplify only the change)"),
               steps: Optional[int] = typer.Option(None, help="DDIM steps"),
+              solver: Optional[Solver] = SolverOpt,
+              spacing: Optional[Spacing] = SpacingOpt,
               abduction: Optional[Abduction] = typer.Option(None, help="invert, partial or noise"),
               parents_from: Optional[ParentsFrom] = typer.Option(None, help="labels or image"),
               max_images: Optional[int] = typer.Option(None, help="images of the split, 0 = all"),
@@ -275,7 +290,7 @@ def intervene(params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt,
             if var is None:
                 raise InterventionError("--values needs --var",
                                         hint="e.g. --var thickness --values 1.0:4.0:7")
-            p = _params(params, profile)
+            p = _params(params, profile, solver, spacing)
             from cdae.counterfactual import parse_values
 
             sweep = parse_values(values, var, p.graph)
@@ -284,7 +299,7 @@ def intervene(params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt,
                                    abduction=abduction, parents_from=parents_from,
                                    max_images=max_images, shard=shard,
                                    guidance_mode=guidance_mode)
-        p = _params(params, profile)
+        p = _params(params, profile, solver, spacing)
         items = list(do)
         if (var is None) != (value is None):
             raise InterventionError("--var and --value go together",

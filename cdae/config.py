@@ -85,6 +85,21 @@ class ParentsFrom(str, enum.Enum):
     IMAGE = "image"  # the encoder's reading of the image
 
 
+class Solver(str, enum.Enum):
+    """ODE solver of deterministic decoding and inversion (the probability-flow ODE in DDIM's
+    parametrisation, d(x / sqrt(ab)) = eps d(sqrt((1 - ab) / ab)))."""
+
+    DDIM = "ddim"  # Euler = DDIM (eta 0): one network evaluation per step
+    HEUN = "heun"  # Heun (2nd order): two per step (one on the last step to the clean image)
+
+
+class Spacing(str, enum.Enum):
+    """Where the S timesteps of a DDIM grid sit in [0, t_end]."""
+
+    UNIFORM = "uniform"  # round(i t_end / (S - 1))
+    QUADRATIC = "quadratic"  # round((i / (S - 1))^2 t_end): fine steps near the clean image
+
+
 class NoiseSchedule(str, enum.Enum):
     """Beta schedule of the forward diffusion."""
 
@@ -189,6 +204,8 @@ class DiffusionParams:
     timesteps: int = field(default=1000, metadata=POSITIVE)
     schedule: NoiseSchedule = NoiseSchedule.LINEAR
     inversion_iters: int = field(default=1, metadata=NON_NEGATIVE)  # fixed-point refinements
+    solver: Solver = Solver.DDIM  # decoding/inversion ODE solver (a sampling setting)
+    spacing: Spacing = Spacing.UNIFORM  # timestep grid of decoding and inversion
 
 
 @dataclass(frozen=True)

@@ -162,7 +162,8 @@ class CounterfactualEngine:
 
     def __init__(self, model: CausalDiffAE, diffusion: GaussianDiffusion,
                  label_quantiles: np.ndarray | None = None, step: int = 0,
-                 inversion_iters: int = 1) -> None:
+                 inversion_iters: int = 1, solver: cfg.Solver = cfg.Solver.DDIM,
+                 spacing: cfg.Spacing = cfg.Spacing.UNIFORM) -> None:
         self.model = model.eval()
         self.diffusion = diffusion
         self.graph = model.graph
@@ -170,6 +171,15 @@ class CounterfactualEngine:
         self.label_quantiles = label_quantiles
         self.step = step
         self.inversion_iters = inversion_iters  # fixed-point refinements per inversion step
+        self.solver = cfg.Solver(solver)  # ODE solver of inversion and decoding
+        self.spacing = cfg.Spacing(spacing)  # their timestep grid
+
+    def set_sampling(self, dp: cfg.DiffusionParams) -> None:
+        """Use the sampling settings of ``dp`` (inversion_iters, solver, spacing): they are not
+        training settings, so the current params win over the checkpoint's."""
+        self.inversion_iters = dp.inversion_iters
+        self.solver = dp.solver
+        self.spacing = dp.spacing
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -192,9 +202,10 @@ class CounterfactualEngine:
                             hint="re-run `cdae train`") from None
         model.to(device)
         q = ck.get("label_quantiles")
-        return cls(model, make_diffusion(params).to(device),
-                   np.asarray(q) if q is not None else None, int(ck.get("step", 0)),
-                   params.diffusion.inversion_iters)
+        engine = cls(model, make_diffusion(params).to(device),
+                     np.asarray(q) if q is not None else None, int(ck.get("step", 0)))
+        engine.set_sampling(params.diffusion)
+        return engine
 
     # ------------------------------------------------------------------ support checks
     def percentile(self, name: str, value: float) -> float | None:
@@ -229,7 +240,8 @@ class CounterfactualEngine:
             iters = self.inversion_iters if inversion_iters is None else inversion_iters
             x_T = self.diffusion.ddim_invert(images, self._eps_fn(c, 0.0),
                                              self._steps_for(steps, t_stop), t_stop=t_stop,
-                                             fixed_point_iters=iters)
+                                             fixed_point_iters=iters, solver=self.solver,
+                                             spacing=self.spacing)
         parents = self.model.read_labels(ab.z)
         if labels is not None:
             parents = torch.where(torch.isfinite(labels), labels, parents)
@@ -273,7 +285,8 @@ class CounterfactualEngine:
         t_start = t0 if abduction is cfg.Abduction.PARTIAL else None
         eps_fn = guided_eps_fn(self.model.eps, c, ref, guidance)
         return self.diffusion.ddim_sample(factual.x_T, eps_fn, self._steps_for(steps, t_start),
-                                          t_start=t_start)
+                                          t_start=t_start, solver=self.solver,
+                                          spacing=self.spacing)
 
     # ------------------------------------------------------------------ notebook helpers
     @torch.no_grad()
@@ -299,7 +312,8 @@ class CounterfactualEngine:
         :meth:`abduct` and its z this reconstructs the images; with x_T ~ N(0, I) it samples new
         images with those latents."""
         c = self.model.condition(z.to(self.device), style)
-        x = self.diffusion.ddim_sample(x_T.to(self.device), self._eps_fn(c, guidance), steps)
+        x = self.diffusion.ddim_sample(x_T.to(self.device), self._eps_fn(c, guidance), steps,
+                                       solver=self.solver, spacing=self.spacing)
         return to_uint8(x)
 
     # ------------------------------------------------------------------ one call

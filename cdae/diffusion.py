@@ -53,6 +53,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from cdae.config import Solver, Spacing
+
 EpsFn = Callable[[Tensor, Tensor], Tensor]
 """``eps_fn(x (B, C, H, W), t (B,) long) -> eps (B, C, H, W)``."""
 
@@ -193,14 +195,22 @@ class GaussianDiffusion:
 
     # ------------------------------------------------------------------ DDIM
 
-    def timesteps(self, num_steps: int, t_start: int | None = None) -> Tensor:
-        """The respaced DDIM grid: LongTensor (num_steps,), strictly ascending.
+    def timesteps(self, num_steps: int, t_start: int | None = None,
+                  spacing: Spacing = Spacing.UNIFORM) -> Tensor:
+        """The respaced DDIM grid: LongTensor (num_steps,), strictly ascending, from 0 to t_end.
 
-        With t_end = ``t_start`` (default T-1) and S = ``num_steps``, entry i is
-        ``round(i * t_end / (S - 1))`` (round half up, exact integer arithmetic) for i = 0 .. S-1,
-        so the grid starts at 0 and ends exactly at t_end; S = 1 gives ``[t_end]``.
-        Spacings differ by at most one. Example: T = 1000, S = 50 -> 0, 20, 41, 61, ..., 979, 999.
-        Raises ValueError if S < 1, t_end is outside [0, T-1], or S > t_end + 1.
+        With t_end = ``t_start`` (default T-1), S = ``num_steps`` and d = S - 1, entry i is
+        (exact integer arithmetic, round half up)
+
+        * UNIFORM: ``round(i * t_end / d)``; spacings differ by at most one.
+          Example: T = 1000, S = 50 -> 0, 20, 41, 61, ..., 979, 999.
+        * QUADRATIC: ``max(round(i^2 * t_end / d^2), entry_{i-1} + 1)``: steps grow linearly
+          from the clean end (DDIM paper, section D.2), where a uniform grid makes its largest
+          jumps in log-SNR. Example: T = 1000, t_end = 699, S = 11 -> 0, 7, 28, 63, ..., 566, 699.
+          Never exceeds t_end: t_end - round(r^2 t_end) >= t_end (1 - r) >= d - i for r = i / d.
+
+        S = 1 gives ``[t_end]``. Raises ValueError if S < 1, t_end is outside [0, T-1], or
+        S > t_end + 1.
         """
         t_end = self.num_timesteps - 1 if t_start is None else int(t_start)
         if not 0 <= t_end < self.num_timesteps:
@@ -212,8 +222,15 @@ class GaussianDiffusion:
             )
         if num_steps == 1:
             return torch.tensor([t_end], dtype=torch.long)
-        denom = num_steps - 1
-        grid = [(2 * i * t_end + denom) // (2 * denom) for i in range(num_steps)]
+        d = num_steps - 1
+        spacing = Spacing(spacing)
+        if spacing is Spacing.UNIFORM:
+            grid = [(2 * i * t_end + d) // (2 * d) for i in range(num_steps)]
+        else:
+            grid = []
+            for i in range(num_steps):
+                t = (2 * i * i * t_end + d * d) // (2 * d * d)
+                grid.append(t if not grid or t > grid[-1] else grid[-1] + 1)
         return torch.tensor(grid, dtype=torch.long)
 
     def predict_x0(self, x_t: Tensor, eps: Tensor, t: int | Tensor) -> Tensor:
@@ -243,33 +260,77 @@ class GaussianDiffusion:
             + _gather(self._sqrt_1m_ab_padded, index_next, x_t) * eps
         )
 
+    def heun_step(self, x_t: Tensor, eps_fn: EpsFn, t: int, t_next: int,
+                  eps_t: Tensor | None = None) -> Tensor:
+        """One Heun (2nd-order) step of the probability-flow ODE from ``t`` to ``t_next`` >= 0.
+
+        In DDIM's variables xbar = x / sqrt(ab), sigma = sqrt((1 - ab) / ab) the ODE is
+        d xbar / d sigma = eps(x, t), and a DDIM step is its Euler step, linear in eps. Heun
+        takes the Euler step to ``t_next``, evaluates eps there, and repeats the step from x_t
+        with the mean of both: ``ddim_step(x_t, (eps_t + eps(x_euler, t_next)) / 2, t, t_next)``.
+        x_t: (B, C, H, W); eps_t: eps_fn(x_t, t) when the caller has it (else computed).
+        Costs 2 eps_fn calls (1 with ``eps_t``). Returns x_{t_next}: (B, C, H, W).
+        """
+        if eps_t is None:
+            eps_t = eps_fn(x_t, self._batch_t(t, x_t))
+        x_euler = self.ddim_step(x_t, eps_t, t, t_next)
+        eps_next = eps_fn(x_euler, self._batch_t(t_next, x_t))
+        return self.ddim_step(x_t, 0.5 * (eps_t + eps_next), t, t_next)
+
+    @staticmethod
+    def network_evaluations(num_steps: int, solver: Solver = Solver.DDIM,
+                            fixed_point_iters: int | None = None) -> int:
+        """eps_fn calls of ``ddim_sample`` (``fixed_point_iters`` None) or of ``ddim_invert`` with
+        K = ``fixed_point_iters``, for S = ``num_steps`` grid points: DDIM S / S (K + 1); Heun
+        2S - 1 / K + 1 + (S - 1)(2K + 1) (the step to the clean image is an Euler step)."""
+        if Solver(solver) is Solver.DDIM:
+            return num_steps if fixed_point_iters is None else num_steps * (fixed_point_iters + 1)
+        if fixed_point_iters is None:
+            return 2 * num_steps - 1
+        return fixed_point_iters + 1 + (num_steps - 1) * (2 * fixed_point_iters + 1)
+
     @torch.no_grad()
     def ddim_invert(
         self, x0: Tensor, eps_fn: EpsFn, num_steps: int, t_stop: int | None = None,
         progress: ProgressFn | None = None, fixed_point_iters: int = 0,
+        solver: Solver = Solver.DDIM, spacing: Spacing = Spacing.UNIFORM,
     ) -> Tensor:
-        """Deterministic DDIM inversion of clean images x0 to the grid's last timestep.
+        """Deterministic inversion of clean images x0 to the grid's last timestep.
 
         x0: (B, C, H, W) in [-1, 1]; eps_fn(x (B, C, H, W), t (B,) long) -> eps; num_steps: S
-        (= number of eps_fn calls); t_stop: last grid timestep (default T-1; smaller for partial
-        inversion). Runs under ``torch.no_grad``; never clips. Returns x_{t_stop}: (B, C, H, W).
+        grid points of ``timesteps(S, t_stop, spacing)``; t_stop: last grid timestep (default
+        T-1; smaller for partial inversion). Runs under ``torch.no_grad``; never clips.
+        Returns x_{t_stop}: (B, C, H, W).
 
-        ``fixed_point_iters`` = K > 0 refines each step by K fixed-point iterations
-        ``x_to <- ddim_step(x_from, eps_fn(x_to, t_to), t_from, t_to)``, i.e. solves for the x_to
-        whose decoding step (which evaluates eps at x_to) lands exactly on x_from, so
+        Each step solves for the x_to whose decoding step (of ``solver``, as ``ddim_sample`` takes
+        it) lands on x_from. The first guess is the explicit DDIM step (eps at x_from and the
+        target timestep, see the module docstring);
+        ``fixed_point_iters`` = K > 0 refines it by K fixed-point iterations
+        ``x_to <- inverse of the decoding step with the eps it evaluates at x_to``, so
         invert-then-sample round-trips to the fixed point's accuracy instead of the plain scheme's
-        first-order error. Costs K extra eps_fn calls per step (S * (K + 1) in all).
+        first-order error. eps_fn calls: :meth:`network_evaluations`.
         """
         if fixed_point_iters < 0:
             raise ValueError(f"fixed_point_iters must be >= 0, got {fixed_point_iters}")
-        grid = self.timesteps(num_steps, t_stop).tolist()
+        solver = Solver(solver)
+        grid = self.timesteps(num_steps, t_stop, spacing).tolist()
         x = x0
         t_from = CLEAN_TIMESTEP
         for step, t_to in enumerate(grid):
             t_batch = self._batch_t(t_to, x)
-            x_to = self.ddim_step(x, eps_fn(x, t_batch), t_from, t_to)
-            for _ in range(fixed_point_iters):
-                x_to = self.ddim_step(x, eps_fn(x_to, t_batch), t_from, t_to)
+            x_to = self.ddim_step(x, eps_fn(x, t_batch), t_from, t_to)  # the explicit guess
+            if solver is Solver.DDIM or t_from == CLEAN_TIMESTEP:
+                # Decoding t_to -> t_from is one DDIM step with eps(x_to, t_to).
+                for _ in range(fixed_point_iters):
+                    x_to = self.ddim_step(x, eps_fn(x_to, t_batch), t_from, t_to)
+            else:
+                # Decoding t_to -> t_from is heun_step: DDIM with the mean of eps(x_to, t_to)
+                # and eps(x_euler, t_from); the same mean inverts it exactly (linear in eps).
+                from_batch = self._batch_t(t_from, x)
+                for _ in range(fixed_point_iters):
+                    eps_to = eps_fn(x_to, t_batch)
+                    eps_euler = eps_fn(self.ddim_step(x_to, eps_to, t_to, t_from), from_batch)
+                    x_to = self.ddim_step(x, 0.5 * (eps_to + eps_euler), t_from, t_to)
             x, t_from = x_to, t_to
             if progress is not None:
                 progress(step)
@@ -279,23 +340,30 @@ class GaussianDiffusion:
     def ddim_sample(
         self, x_T: Tensor, eps_fn: EpsFn, num_steps: int, t_start: int | None = None,
         progress: ProgressFn | None = None, clip_output: bool = True,
+        solver: Solver = Solver.DDIM, spacing: Spacing = Spacing.UNIFORM,
     ) -> Tensor:
-        """Deterministic DDIM decoding from the grid's last timestep to the clean image.
+        """Deterministic decoding from the grid's last timestep to the clean image.
 
         x_T: (B, C, H, W) at timestep ``t_start`` (default T-1); eps_fn as in :meth:`ddim_invert`;
-        num_steps: S (= number of eps_fn calls), on the same grid as ``ddim_invert(num_steps,
-        t_stop=t_start)``. ``clip_output`` clamps only the final x0 prediction to [-1, 1].
+        num_steps: S grid points, the same grid as ``ddim_invert(num_steps, t_stop=t_start,
+        spacing=spacing)``. ``solver`` DDIM takes one DDIM step per grid interval, HEUN one
+        :meth:`heun_step` (the last step, to the clean image where eps is undefined, is a DDIM
+        step). ``clip_output`` clamps only the final x0 prediction to [-1, 1].
         Runs under ``torch.no_grad``. Returns x0: (B, C, H, W).
         """
-        grid = self.timesteps(num_steps, t_start).tolist()
+        solver = Solver(solver)
+        grid = self.timesteps(num_steps, t_start, spacing).tolist()
         x = x_T
         for step, i in enumerate(range(len(grid) - 1, -1, -1)):
             t_from = grid[i]
             t_to = grid[i - 1] if i > 0 else CLEAN_TIMESTEP
             eps = eps_fn(x, self._batch_t(t_from, x))
-            x = self.ddim_step(
-                x, eps, t_from, t_to, clip_x0=clip_output and t_to == CLEAN_TIMESTEP
-            )
+            if solver is Solver.HEUN and t_to != CLEAN_TIMESTEP:
+                x = self.heun_step(x, eps_fn, t_from, t_to, eps_t=eps)
+            else:
+                x = self.ddim_step(
+                    x, eps, t_from, t_to, clip_x0=clip_output and t_to == CLEAN_TIMESTEP
+                )
             if progress is not None:
                 progress(step)
         return x

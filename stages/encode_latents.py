@@ -10,8 +10,9 @@ fixed seed)::
     /x_T      float32 (N, C, H, W)  DDIM inversion with the factual condition, chunked: to the
                                     last timestep (abduction invert) or to t0 (partial), as
                                     intervene.abduction and intervene.t0 say
-    attrs: schema_version, split, steps, abduction, t0, inversion_iters, parents_from,
-           checkpoint_sha256, names, per_image (+ shard, shard_rows in a shard's file)
+    attrs: schema_version, split, steps, abduction, t0, inversion_iters, solver, spacing,
+           parents_from, checkpoint_sha256, names, per_image (+ shard, shard_rows in a shard's
+           file)
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def run(params: cfg.Params, *, split: str | None = None, steps: int | None = Non
     ip = params.intervene
     model_path = Path(params.paths.model_dir) / "model.pt"
     engine = CounterfactualEngine.load(model_path)
-    engine.inversion_iters = params.diffusion.inversion_iters
+    engine.set_sampling(params.diffusion)
     with open_dataset(params.paths.dataset) as ds:  # images streamed batch by batch
         from stages.intervene import check_compatible
 
@@ -113,6 +114,7 @@ def run(params: cfg.Params, *, split: str | None = None, steps: int | None = Non
             f.attrs.update({"schema_version": SCHEMA_VERSION, "split": ep.split, "steps": ep.steps,
                             "abduction": abduction.value, "t0": ip.t0,
                             "inversion_iters": engine.inversion_iters,
+                            "solver": engine.solver.value, "spacing": engine.spacing.value,
                             "parents_from": ip.parents_from.value,
                             "checkpoint_sha256": file_sha256(model_path),
                             "names": json.dumps(list(engine.graph.names)),
@@ -152,11 +154,13 @@ def cached_abduction(abduction: cfg.Abduction) -> cfg.Abduction:
 @contextlib.contextmanager
 def open_cached(path: str | Path, model_path: str | Path, rows: np.ndarray, steps: int,
                 parents_from: cfg.ParentsFrom, inversion_iters: int, *,
-                abduction: cfg.Abduction = cfg.Abduction.INVERT,
-                t0: int = 0) -> Iterator[dict[str, CachedRows] | None]:
+                abduction: cfg.Abduction = cfg.Abduction.INVERT, t0: int = 0,
+                solver: cfg.Solver = cfg.Solver.DDIM,
+                spacing: cfg.Spacing = cfg.Spacing.UNIFORM,
+                ) -> Iterator[dict[str, CachedRows] | None]:
     """Cached u, z, parents, x_T for dataset ``rows`` when the latents file matches the model,
     the DDIM steps and the abduction settings (``abduction`` invert or partial, ``t0`` for
-    partial), else None (the caller re-abducts). Each is read
+    partial, ``inversion_iters``, ``solver``, ``spacing``), else None (the caller re-abducts). Each is read
     from the file on demand (``cache["x_T"][lo:hi]``: the rows ``rows[lo:hi]``) while the
     ``with`` block keeps it open; only the index (int64 per image) is held in memory."""
     import h5py
@@ -174,7 +178,7 @@ def open_cached(path: str | Path, model_path: str | Path, rows: np.ndarray, step
     with f:
         try:
             cache = _match(f, model_path, rows, steps, parents_from, inversion_iters,
-                           abduction, t0)
+                           abduction, t0, solver, spacing)
         except (OSError, KeyError) as err:
             log.warning("ignoring latents cache %s (%s)", p, err)
             cache = None
@@ -183,13 +187,16 @@ def open_cached(path: str | Path, model_path: str | Path, rows: np.ndarray, step
 
 def _match(f, model_path: str | Path, rows: np.ndarray, steps: int,
            parents_from: cfg.ParentsFrom, inversion_iters: int, abduction: cfg.Abduction,
-           t0: int) -> dict[str, CachedRows] | None:
+           t0: int, solver: cfg.Solver, spacing: cfg.Spacing) -> dict[str, CachedRows] | None:
     a = f.attrs
     if (int(a.get("schema_version", -1)) != SCHEMA_VERSION or int(a["steps"]) != steps
             or a["parents_from"] != parents_from.value
             or a.get("abduction", "") != abduction.value
             or (abduction is cfg.Abduction.PARTIAL and int(a.get("t0", -1)) != t0)
             or int(a.get("inversion_iters", -1)) != inversion_iters
+            # files written before these settings existed were DDIM on a uniform grid
+            or a.get("solver", cfg.Solver.DDIM.value) != cfg.Solver(solver).value
+            or a.get("spacing", cfg.Spacing.UNIFORM.value) != cfg.Spacing(spacing).value
             or a["checkpoint_sha256"] != file_sha256(model_path)):
         return None
     index = f["index"][()]
@@ -206,9 +213,10 @@ def _match(f, model_path: str | Path, rows: np.ndarray, steps: int,
 
 def load_cached(path: str | Path, model_path: str | Path, rows: np.ndarray, steps: int,
                 parents_from: cfg.ParentsFrom, inversion_iters: int, *,
-                abduction: cfg.Abduction = cfg.Abduction.INVERT,
-                t0: int = 0) -> dict[str, np.ndarray] | None:
+                abduction: cfg.Abduction = cfg.Abduction.INVERT, t0: int = 0,
+                solver: cfg.Solver = cfg.Solver.DDIM,
+                spacing: cfg.Spacing = cfg.Spacing.UNIFORM) -> dict[str, np.ndarray] | None:
     """:func:`open_cached` read whole into memory (small runs, tests)."""
     with open_cached(path, model_path, rows, steps, parents_from, inversion_iters,
-                     abduction=abduction, t0=t0) as cache:
+                     abduction=abduction, t0=t0, solver=solver, spacing=spacing) as cache:
         return None if cache is None else {k: v[:] for k, v in cache.items()}

@@ -503,7 +503,7 @@ def run(params: cfg.Params) -> dict[str, object]:
                  GROUND_TRUTH_MISSING, plan.targets.value)
     model_dir = Path(params.paths.model_dir)
     engine = CounterfactualEngine.load(model_dir / "model.pt")
-    engine.inversion_iters = params.diffusion.inversion_iters
+    engine.set_sampling(params.diffusion)
     check_compatible(engine, ds.graph, str(params.paths.dataset), model_dir / "model.pt",
                      ds.image_shape)
     pred = _load_predictors(model_dir / PREDICTORS_FILE, ds)
@@ -603,11 +603,14 @@ def run(params: cfg.Params) -> dict[str, object]:
         "dataset": params.paths.dataset, "split": ep.split, "images": int(ctx.n),
         "image_shape": list(ds.image_shape), "ddim_steps": ep.steps, "guidance": ep.guidance,
         "guidance_mode": ctx.guidance_mode.value,
+        "solver": params.diffusion.solver.value, "spacing": params.diffusion.spacing.value,
+        "inversion_iters": params.diffusion.inversion_iters,
         "seeds": [ep.seed + i for i in range(ep.seeds)],
         "rows": (f"do_<v>, random: {ctx.n} images x {ep.seeds} seeds (mean; _std over seeds); "
                  f"null: {ctx.n} images; cycles: {results.get('cycles', {}).get('images', 0):.0f}"
-                 f" images; dci: encoder z of train/test images; all at {ep.steps} DDIM steps "
-                 "(inversion and decoding)"),
+                 f" images; dci: encoder z of train/test images; all at {ep.steps} grid points "
+                 f"({params.diffusion.spacing.value} grid, {params.diffusion.solver.value} solver)"
+                 " of inversion and decoding"),
         "abduction": (f"partial (DDIM inversion to t0 = {ctx.t0})"
                       if ctx.abduction is cfg.Abduction.PARTIAL else ctx.abduction.value),
         "parents_from": "labels",

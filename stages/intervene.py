@@ -171,7 +171,7 @@ def _setup(params: cfg.Params, label: str,
     ip = cfg.override(params.intervene, "intervene", **overrides)
     model_path = Path(params.paths.model_dir) / "model.pt"
     engine = CounterfactualEngine.load(model_path)
-    engine.inversion_iters = params.diffusion.inversion_iters
+    engine.set_sampling(params.diffusion)
     notes = validate(engine)
     with contextlib.ExitStack() as stack:  # handed to the caller unless this fails
         ds = stack.enter_context(open_dataset(params.paths.dataset))  # images read per batch
@@ -186,7 +186,8 @@ def _setup(params: cfg.Params, label: str,
         if ip.abduction in (cfg.Abduction.INVERT, cfg.Abduction.PARTIAL):
             cache = stack.enter_context(open_cached(
                 params.paths.latents, model_path, rows, ip.steps, ip.parents_from,
-                engine.inversion_iters, abduction=ip.abduction, t0=ip.t0))
+                engine.inversion_iters, abduction=ip.abduction, t0=ip.t0,
+                solver=engine.solver, spacing=engine.spacing))
         files = stack.pop_all()
     log.info("%s on %d images (%s abduction%s, %d DDIM steps, guidance %g%s%s)", label,
              rows.size, ip.abduction.value,

@@ -90,6 +90,15 @@ def test_open_cached_reads_the_asked_rows_and_refuses_others(tmp_path: Path) -> 
                        abduction=cfg.Abduction.PARTIAL, t0=70) is not None
     assert load_cached(*args, rows, 3, cfg.ParentsFrom.LABELS, 1,
                        abduction=cfg.Abduction.PARTIAL, t0=60) is None
+    # x_t0 of one solver or grid is no x_t0 of another (files before these attrs: DDIM, uniform)
+    assert load_cached(*args, rows, 3, cfg.ParentsFrom.LABELS, 1, abduction=cfg.Abduction.PARTIAL,
+                       t0=70, solver=cfg.Solver.HEUN) is None
+    assert load_cached(*args, rows, 3, cfg.ParentsFrom.LABELS, 1, abduction=cfg.Abduction.PARTIAL,
+                       t0=70, spacing=cfg.Spacing.QUADRATIC) is None
+    with h5py.File(tmp_path / "lat.h5", "a") as f:
+        f.attrs.update({"solver": "heun", "spacing": "quadratic"})
+    assert load_cached(*args, rows, 3, cfg.ParentsFrom.LABELS, 1, abduction=cfg.Abduction.PARTIAL,
+                       t0=70, solver=cfg.Solver.HEUN, spacing=cfg.Spacing.QUADRATIC) is not None
 
 
 def test_encode_and_intervene_stream_the_rows_they_write(tmp_path: Path) -> None:
