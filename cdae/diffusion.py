@@ -303,8 +303,9 @@ class GaussianDiffusion:
         Returns x_{t_stop}: (B, C, H, W).
 
         Each step solves for the x_to whose decoding step (of ``solver``, as ``ddim_sample`` takes
-        it) lands on x_from. The first guess is the explicit DDIM step (eps at x_from and the
-        target timestep, see the module docstring);
+        it) lands on x_from. The first guess is the explicit DDIM step with eps at x_from (DDIM:
+        at the target timestep, see the module docstring; Heun: at x_from's own timestep, which
+        measured better: null-intervention L1 0.49 against 2.0 with K = 1, 15 quadratic steps);
         ``fixed_point_iters`` = K > 0 refines it by K fixed-point iterations
         ``x_to <- inverse of the decoding step with the eps it evaluates at x_to``, so
         invert-then-sample round-trips to the fixed point's accuracy instead of the plain scheme's
@@ -318,15 +319,17 @@ class GaussianDiffusion:
         t_from = CLEAN_TIMESTEP
         for step, t_to in enumerate(grid):
             t_batch = self._batch_t(t_to, x)
-            x_to = self.ddim_step(x, eps_fn(x, t_batch), t_from, t_to)  # the explicit guess
             if solver is Solver.DDIM or t_from == CLEAN_TIMESTEP:
                 # Decoding t_to -> t_from is one DDIM step with eps(x_to, t_to).
+                x_to = self.ddim_step(x, eps_fn(x, t_batch), t_from, t_to)
                 for _ in range(fixed_point_iters):
                     x_to = self.ddim_step(x, eps_fn(x_to, t_batch), t_from, t_to)
             else:
                 # Decoding t_to -> t_from is heun_step: DDIM with the mean of eps(x_to, t_to)
-                # and eps(x_euler, t_from); the same mean inverts it exactly (linear in eps).
+                # and eps(x_euler, t_from) (x_euler ~ x_from); the same mean inverts it exactly
+                # (linear in eps). The guess takes eps(x_from, t_from), that mean's second term.
                 from_batch = self._batch_t(t_from, x)
+                x_to = self.ddim_step(x, eps_fn(x, from_batch), t_from, t_to)
                 for _ in range(fixed_point_iters):
                     eps_to = eps_fn(x_to, t_batch)
                     eps_euler = eps_fn(self.ddim_step(x_to, eps_to, t_to, t_from), from_batch)
