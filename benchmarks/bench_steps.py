@@ -14,7 +14,9 @@ effectiveness (thickness MAE under do(thickness), intensity MAE under do(intensi
 composition L1 of a null intervention, their change against the reference, the network
 evaluations (NFE) of one counterfactual (inversion + decoding, exact counts on the grid that
 partial abduction uses) and the NFE speed-up. "Within 5%" is |metric - reference| <= 5% of the
-reference (composition, whose reference can be tiny, also passes within 0.1 in 0..255). Writes
+reference (composition, whose reference can be tiny, also passes within 0.1 in 0..255); "no worse"
+counts only metric - reference (all three are errors): a candidate may beat the reference, whose
+own discretisation error is no target. Both verdicts are printed. Writes
 all rows as CSV (default reports/steps.csv) for DVC plots.
 """
 
@@ -36,11 +38,14 @@ KEYS = (("do_thickness", "thickness_mae"), ("do_intensity", "intensity_mae"),
 EXTRA = (("do_thickness", "intensity_mae"), ("do_intensity", "thickness_moved"))  # reported
 
 
-def within(value: float, ref: float, key: str) -> bool:
+def within(value: float, ref: float, key: str, one_sided: bool = False) -> bool:
+    """|value - ref| <= 5% of ref (composition: or <= 0.1 in 0..255). ``one_sided``: only
+    value - ref counts (every metric here is an error, lower is better), so a candidate that
+    beats the reference passes; the reference's own discretisation error is not a target."""
     slack = 0.05 * abs(ref)
     if key == "composition_l1":
         slack = max(slack, 0.1)
-    return abs(value - ref) <= slack
+    return (value - ref if one_sided else abs(value - ref)) <= slack
 
 
 def counterfactual_nfe(p: config.Params, steps: int) -> tuple[int, int]:
@@ -135,25 +140,29 @@ def main() -> None:
     print(f"\nreference: {ref_label} at {ref['steps']} steps ({ref_nfe:.0f} NFE per "
           f"counterfactual), {args.images} images")
     print(f"{'sampler':<22} {'steps':>5} {'NFE':>5} {'speed-up':>8}  "
-          + "  ".join(f"{a}.{b:<16}" for a, b in KEYS) + "  all within 5%")
-    best = None
+          + "  ".join(f"{a}.{b:<16}" for a, b in KEYS) + "  within 5% / no worse than 5%")
+    best: dict[bool, tuple[dict, float]] = {}
     for r in rows:
-        ok = all(within(float(r[f"{a}.{b}"]), float(ref[f"{a}.{b}"]), b) for a, b in KEYS)
+        ok = {side: all(within(float(r[f"{a}.{b}"]), float(ref[f"{a}.{b}"]), b, side)
+                        for a, b in KEYS) for side in (False, True)}
         nfe = float(r.get("nfe") or ref_nfe)
-        if ok and r is not ref and (best is None or nfe < best[1]):
-            best = (r, nfe)
+        for side in ok:
+            if ok[side] and r is not ref and (side not in best or nfe < best[side][1]):
+                best[side] = (r, nfe)
         cells = []
         for a, b in KEYS:
             v, v_ref = float(r[f"{a}.{b}"]), float(ref[f"{a}.{b}"])
             cells.append(f"{v:8.3f} ({100 * (v / v_ref - 1):+5.1f}%)")
         print(f"{r['sampler']:<22} {int(r['steps']):5d} {nfe:5.0f} {ref_nfe / nfe:7.1f}x  "
-              + "  ".join(cells) + f"  {'yes' if ok else 'no'}")
-    if best is not None:
-        r, nfe = best
-        print(f"cheapest within 5% of the reference: {r['sampler']} at {r['steps']} steps, "
-              f"{ref_nfe / nfe:.1f}x fewer network evaluations")
-    else:
-        print("no candidate is within 5% of the reference on all three")
+              + "  ".join(cells)
+              + f"  {'yes' if ok[False] else 'no'} / {'yes' if ok[True] else 'no'}")
+    for side, what in ((False, "within 5% of"), (True, "no worse than 5% above")):
+        if side in best:
+            r, nfe = best[side]
+            print(f"cheapest {what} the reference on all three: {r['sampler']} at {r['steps']} "
+                  f"steps, {ref_nfe / nfe:.1f}x fewer network evaluations")
+        else:
+            print(f"no candidate is {what} the reference on all three")
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(rows[-1]))
     w.writeheader()

@@ -119,9 +119,10 @@ def run(params: cfg.Params, *, split: str | None = None, steps: int | None = Non
                             "checkpoint_sha256": file_sha256(model_path),
                             "names": json.dumps(list(engine.graph.names)),
                             **shard_attrs(part, rows_sel, {n: 0 for n in PER_IMAGE})})
-    log.info("wrote %s: %d images of the %s split (DDIM inversion%s, %d steps%s)", target,
-             idx.size, ep.split,
+    log.info("wrote %s: %d images of the %s split (%s inversion%s, %d steps on a %s grid, "
+             "%d fixed-point iterations%s)", target, idx.size, ep.split, engine.solver.value,
              f" to t0={ip.t0}" if abduction is cfg.Abduction.PARTIAL else "", ep.steps,
+             engine.spacing.value, engine.inversion_iters,
              f", shard {part}" if part.enabled else "")
     return {"path": str(target), "images": int(idx.size), "steps": ep.steps}
 

@@ -189,10 +189,10 @@ def _setup(params: cfg.Params, label: str,
                 engine.inversion_iters, abduction=ip.abduction, t0=ip.t0,
                 solver=engine.solver, spacing=engine.spacing))
         files = stack.pop_all()
-    log.info("%s on %d images (%s abduction%s, %d DDIM steps, guidance %g%s%s)", label,
-             rows.size, ip.abduction.value,
+    log.info("%s on %d images (%s abduction%s, %d steps of %s on a %s grid, guidance %g%s%s)",
+             label, rows.size, ip.abduction.value,
              (", cached x_t0" if ip.abduction is cfg.Abduction.PARTIAL else ", cached x_T")
-             if cache else "", ip.steps, ip.guidance,
+             if cache else "", ip.steps, engine.solver.value, engine.spacing.value, ip.guidance,
              f" from the {ip.guidance_mode.value} condition" if ip.guidance else "",
              f", shard {part}" if part.enabled else "")
     gen = torch.Generator(device=engine.device)
@@ -250,8 +250,15 @@ def _settings_attrs(s: _Setup, name: str, kind: FileKind) -> dict[str, object]:
     return {"kind": kind.value, "name": name, "names": json.dumps(list(graph.names)),
             "units": json.dumps([graph.variable(n).unit for n in graph.names]),
             "guidance": s.ip.guidance,
-            "guidance_mode": s.ip.guidance_mode.value, "steps": s.ip.steps, "abduction": s.ip.abduction.value,
+            "guidance_mode": s.ip.guidance_mode.value, "steps": s.ip.steps,
+            "abduction": s.ip.abduction.value, **sampling_attrs(s.engine),
             "parents_from": s.ip.parents_from.value, "model_step": s.engine.step}
+
+
+def sampling_attrs(engine) -> dict[str, object]:
+    """The engine's solver, grid and inversion iterations (what decoded the counterfactuals)."""
+    return {"solver": engine.solver.value, "spacing": engine.spacing.value,
+            "inversion_iters": engine.inversion_iters}
 
 
 SKIPPED_ATTR = "skipped"  # attr of an intervention file with no rows: why it was skipped
@@ -367,7 +374,8 @@ def run(params: cfg.Params, do: dict[str, float], *, name: str | None = None,
     summary = {
         "name": name, "path": str(target), "kind": FileKind.INTERVENTION.value,
         "images": int(rows.size), "do": checked,
-        "guidance": ip.guidance, "guidance_mode": ip.guidance_mode.value, "steps": ip.steps, "abduction": ip.abduction.value,
+        "guidance": ip.guidance, "guidance_mode": ip.guidance_mode.value, "steps": ip.steps,
+        "abduction": ip.abduction.value, **sampling_attrs(s.engine),
         "parents_from": ip.parents_from.value, "warnings": notes,
         "parents": {n: {"factual_mean": float(np.mean(pf[:, j])),
                         "counterfactual_mean": float(np.mean(pcf[:, j])),
@@ -463,7 +471,8 @@ def run_sweep(params: cfg.Params, var: str, values: list[float], *, name: str | 
         "name": name, "path": str(target), "kind": FileKind.SWEEP.value,
         "images": int(rows.size), "var": var, "values": [d[var] for d in dos],
         "shape": [n_val, int(rows.size), c, h, w],
-        "guidance": ip.guidance, "guidance_mode": ip.guidance_mode.value, "steps": ip.steps, "abduction": ip.abduction.value,
+        "guidance": ip.guidance, "guidance_mode": ip.guidance_mode.value, "steps": ip.steps,
+        "abduction": ip.abduction.value, **sampling_attrs(s.engine),
         "parents_from": ip.parents_from.value, "warnings": notes, "variables": variables,
         "sweep": [{"value": d[var],
                    "parents": {n: float(np.mean(pcf[i, :, j]))

@@ -464,3 +464,21 @@ def test_factual_guidance_leaves_a_null_intervention_exact(project: Path) -> Non
     z_cf = engine.intervene(fact, {"thickness": 4.0})
     changed = decode(z_cf, 2.0, GuidanceMode.FACTUAL) - decode(z_cf, 0.0, GuidanceMode.FACTUAL)
     assert changed.abs().max() > 1e-3  # a real intervention is amplified
+
+
+def test_cli_solver_and_spacing_reach_the_counterfactuals(project: Path) -> None:
+    """--solver/--spacing override params: the paper's DDIM on a uniform grid decodes otherwise
+    than the default Heun on a quadratic grid, says so in the log and the file, and does not
+    reuse encode-latents' x_t0 of the other sampler."""
+    args = [sys.executable, "-m", "cdae", "intervene", "--var", "thickness", "--value", "3.0",
+            "--max-images", "3", "--steps", "3"]  # encode-latents' steps: its cache matches
+    out = sh([*args, "--out", "data/cf_heun.h5"], project)
+    assert "3 steps of heun on a quadratic grid" in out and "cached x_t0" in out
+    out = sh([*args, "--solver", "ddim", "--spacing", "uniform", "--out", "data/cf_ddim.h5"],
+             project)
+    assert "3 steps of ddim on a uniform grid" in out and "cached" not in out
+    with h5py.File(project / "data/cf_ddim.h5") as a, h5py.File(project / "data/cf_heun.h5") as b:
+        assert (a.attrs["solver"], b.attrs["solver"]) == ("ddim", "heun")
+        assert (a.attrs["spacing"], b.attrs["spacing"]) == ("uniform", "quadratic")
+        np.testing.assert_array_equal(a["factual"][()], b["factual"][()])
+        assert not np.array_equal(a["counterfactual"][()], b["counterfactual"][()])
