@@ -147,7 +147,7 @@ def train(params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt,
 @app.command("encode-latents")
 def encode_latents(params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt,
                    split: Optional[str] = typer.Option(None, help="train or test"),
-                   steps: Optional[int] = typer.Option(None, help="DDIM inversion steps"),
+                   steps: Optional[int] = typer.Option(None, help="inversion steps (grid points)"),
                    solver: Optional[Solver] = SolverOpt,
                    spacing: Optional[Spacing] = SpacingOpt,
                    out: Optional[Path] = typer.Option(None, help="output HDF5 file"),
@@ -191,7 +191,7 @@ def _format_intervention(r: dict[str, Any]) -> str:
     lines = [f"wrote {r['path']}: {r['images']} counterfactuals of do("
              + ", ".join(f"{k}={v:g}" for k, v in r["do"].items()) + ")",
              f"  abduction {r['abduction']} (parents from {r['parents_from']}), "
-             f"{r['steps']} DDIM steps, guidance {r['guidance']:g}",
+             f"{r['steps']} steps of {r['solver']} on a {r['spacing']} grid, guidance {r['guidance']:g}",
              "  parent values, mean over images (factual -> counterfactual):"]
     for name, p in r["parents"].items():
         tag = "set by do" if p["intervened"] else "propagated by the learned mechanism" \
@@ -215,7 +215,7 @@ def _format_sweep(r: dict[str, Any]) -> str:
              f"({r['values'][0]:g} .. {r['values'][-1]:g}{' ' + unit if unit else ''}), "
              f"counterfactuals {tuple(r['shape'])}",
              f"  abduction {r['abduction']} once per image (parents from {r['parents_from']}), "
-             f"{r['steps']} DDIM steps, guidance {r['guidance']:g}",
+             f"{r['steps']} steps of {r['solver']} on a {r['spacing']} grid, guidance {r['guidance']:g}",
              "  parent values, mean over images:"]
     shown = [n for n, v in variables.items() if n == var or not v["categorical"]]
     heads = [f"{n} [{variables[n]['unit']}]" if variables[n]["unit"] else n for n in shown]
@@ -248,7 +248,8 @@ def intervene(params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt,
               guidance: Optional[float] = typer.Option(None, help="guidance scale s >= 0"),
               guidance_mode: Optional[GuidanceMode] = typer.Option(
                   None, help="unconditional (classifier-free) or factual (amplify only the change)"),
-              steps: Optional[int] = typer.Option(None, help="DDIM steps"),
+              steps: Optional[int] = typer.Option(None, help="steps (grid points) of inversion and "
+                                                  "decoding"),
               solver: Optional[Solver] = SolverOpt,
               spacing: Optional[Spacing] = SpacingOpt,
               abduction: Optional[Abduction] = typer.Option(None, help="invert, partial or noise"),

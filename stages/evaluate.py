@@ -1,7 +1,7 @@
 """Stage `evaluate`: the counterfactual scorecard -> metrics.json, plots, evaluation.md.
 
 Protocol (EVALUATION.md): ``evaluate.max_images`` images of the split (seeded subset), abducted
-once (DDIM inversion with ``evaluate.steps``, as far as ``intervene.abduction`` and
+once (inversion with ``evaluate.steps``, as far as ``intervene.abduction`` and
 ``intervene.t0`` say: the counterfactuals `intervene` makes). Interventions: do(v) for every variable v and
 ``random`` (a fair coin per variable and image, at least one), each under two value protocols:
 ``marginal`` (a value from the train marginal) and ``forced`` (a train value from another
@@ -611,7 +611,7 @@ def run(params: cfg.Params) -> dict[str, object]:
                  f" images; dci: encoder z of train/test images; all at {ep.steps} grid points "
                  f"({params.diffusion.spacing.value} grid, {params.diffusion.solver.value} solver)"
                  " of inversion and decoding"),
-        "abduction": (f"partial (DDIM inversion to t0 = {ctx.t0})"
+        "abduction": (f"partial (inversion to t0 = {ctx.t0})"
                       if ctx.abduction is cfg.Abduction.PARTIAL else ctx.abduction.value),
         "parents_from": "labels",
         "parent_error_from": "labels and image (encoder), both reported",
@@ -652,7 +652,7 @@ def run(params: cfg.Params) -> dict[str, object]:
 
 def sweep_rows(ctx: _Context, ep: cfg.EvaluateParams, pools: list[np.ndarray]
                ) -> dict[str, dict[str, float]]:
-    """Curves: per guidance scale (``sweep_guidance``) and per DDIM step count (``sweep_steps``,
+    """Curves: per guidance scale (``sweep_guidance``) and per step count (``sweep_steps``,
     inversion and decoding), the do(v) marginal rows of the first seed and the null
     composition, on the first ``sweep_images`` evaluated images. Groups
     ``sweep_<what>_<value>`` with metrics ``<row>__<metric>``."""
@@ -740,7 +740,7 @@ def scatter_chart(title: str, panels: list[tuple[str, str, np.ndarray, np.ndarra
 
 
 #: x axis of each sweep's curves (``sweep_<what>_<value>`` groups of metrics.json)
-SWEEP_AXES = {"guidance": "guidance scale s", "steps": "DDIM steps (inversion and decoding)"}
+SWEEP_AXES = {"guidance": "guidance scale s", "steps": "steps (inversion and decoding)"}
 
 
 def sweep_curves(results: Mapping[str, object], what: str, names: tuple[str, ...]

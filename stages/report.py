@@ -145,7 +145,7 @@ def group_meaning(key: str) -> str:
                 "(composition)")
     sweep = re.match(r"^sweep_(guidance|steps)_(.+)$", key)
     if sweep:
-        what = "guidance scale s" if sweep.group(1) == "guidance" else "DDIM steps"
+        what = "guidance scale s" if sweep.group(1) == "guidance" else "steps"
         return (f"curve point: the null intervention and each do(v) (train-marginal values, "
                 f"first seed) re-scored with {what} = {sweep.group(2)} on the first "
                 "evaluate.sweep_images images")

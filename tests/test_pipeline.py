@@ -132,7 +132,7 @@ def check_scorecard(project: Path, metrics: dict) -> None:
         assert lines[0] == f"{what},value"
         assert [float(x.split(",")[0]) for x in lines[1:]] == sorted(ep[f"sweep_{what}"])
         assert metrics[f"sweep_{what}_{ep[f'sweep_{what}'][0]:g}"]["images"] == ep["sweep_images"]
-    assert "## Against the DDIM steps" in md
+    assert "## Against the steps (inversion and decoding)" in md
     # the point both sweeps share (evaluate.steps, guidance 0) is scored once, used twice
     assert metrics[f"sweep_steps_{ep['steps']}"] == metrics["sweep_guidance_0"]
 
