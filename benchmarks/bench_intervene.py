@@ -5,9 +5,9 @@ Usage (from the repo root): python -m benchmarks.bench_intervene [--profile defa
 
 Builds a synthetic 28x28 dataset and an untrained checkpoint of the profile's model in a
 temporary folder (the cost of a forward does not depend on the weights), then runs the real
-intervene stage (`stages.intervene.run`: checkpoint and HDF5 reading, abduction by DDIM
-inversion, action, guided DDIM decoding, HDF5 writing) with the UNet's forward timed. The share
-outside the UNet is everything else: data loading, HDF5, the encoder, the causal layer, DDIM
+intervene stage (`stages.intervene.run`: checkpoint and HDF5 reading, abduction by inversion,
+action, guided decoding with params' solver and grid, HDF5 writing) with the UNet's forward timed. The share
+outside the UNet is everything else: data loading, HDF5, the encoder, the causal layer, solver
 arithmetic and Python (target: at most 15%).
 """
 
@@ -83,8 +83,10 @@ def main() -> None:
         (d / "models").mkdir()
         train(params, ds, d / "models", resume=False, show_progress=False)
         print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, profile "
-              f"{params.profile}, {args.images} images, {args.steps} DDIM steps for inversion "
-              f"and for decoding, guidance {args.guidance:g}")
+              f"{params.profile}, {args.images} images, {args.steps} steps of "
+              f"{params.diffusion.solver.value} on a {params.diffusion.spacing.value} grid for "
+              f"inversion ({params.diffusion.inversion_iters} fixed-point iterations) and for "
+              f"decoding, guidance {args.guidance:g}")
         with UNetTimer() as timer:
             start = time.perf_counter()
             intervene.run(params, {"thickness": 2.0}, out=str(d / "cf.h5"))
