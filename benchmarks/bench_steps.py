@@ -8,7 +8,7 @@ Usage (from the repo root, after `dvc repro` has trained models/model.pt):
 Runs the evaluate stage (same images, same seeded targets) once per step count of the candidate
 sampler (``--solver``, ``--spacing``, ``--inversion-iters``; the step count is the grid used by the
 inversion AND the decoding) and once for the reference: the paper's sampler, DDIM on a uniform
-grid with params' inversion_iters, at ``--reference-steps`` (or its row read back from an earlier
+grid (with ``--reference-iters`` fixed-point iterations, default 1), at ``--reference-steps`` (or its row read back from an earlier
 run's CSV with ``--reference-csv``: 250 steps take long on a CPU). Prints per row the measured
 effectiveness (thickness MAE under do(thickness), intensity MAE under do(intensity)), the
 composition L1 of a null intervention, their change against the reference, the network
@@ -97,6 +97,8 @@ def main() -> None:
     parser.add_argument("--inversion-iters", type=int, default=None,
                         help="candidate fixed-point refinements per inversion step (default: params)")
     parser.add_argument("--reference-steps", type=int, default=250)
+    parser.add_argument("--reference-iters", type=int, default=1,
+                        help="fixed-point iterations of the reference DDIM inversion")
     parser.add_argument("--reference-csv", default=None,
                         help="read the reference row (sampler ddim/uniform) from this earlier CSV")
     parser.add_argument("--images", type=int, default=50)
@@ -113,7 +115,8 @@ def main() -> None:
         d, solver=config.Solver(args.solver or d.solver),
         spacing=config.Spacing(args.spacing or d.spacing),
         inversion_iters=d.inversion_iters if args.inversion_iters is None else args.inversion_iters)
-    reference = dataclasses.replace(d, solver=config.Solver.DDIM, spacing=config.Spacing.UNIFORM)
+    reference = dataclasses.replace(d, solver=config.Solver.DDIM, spacing=config.Spacing.UNIFORM,
+                                    inversion_iters=args.reference_iters)
     ref_label = f"ddim/uniform/K{reference.inversion_iters}"
     counts = sorted({int(s) for s in args.steps.split(",")})
     rows = []
