@@ -3,21 +3,21 @@
 Usage (from the repo root, after `dvc repro` has trained models/model.pt):
     python -m benchmarks.bench_steps [--steps 10,20,50,100] [--solver ddim|heun]
         [--spacing uniform|quadratic] [--inversion-iters K] [--images 50]
-        [--reference-steps 250 | --reference-csv FILE] [--out FILE]
+        [--reference-steps 250] [--reference-iters 1] [--reference-csv FILE] [--out FILE]
 
 Runs the evaluate stage (same images, same seeded targets) once per step count of the candidate
 sampler (``--solver``, ``--spacing``, ``--inversion-iters``; the step count is the grid used by the
 inversion AND the decoding) and once for the reference: the paper's sampler, DDIM on a uniform
-grid (with ``--reference-iters`` fixed-point iterations, default 1), at ``--reference-steps`` (or its row read back from an earlier
-run's CSV with ``--reference-csv``: 250 steps take long on a CPU). Prints per row the measured
-effectiveness (thickness MAE under do(thickness), intensity MAE under do(intensity)), the
-composition L1 of a null intervention, their change against the reference, the network
-evaluations (NFE) of one counterfactual (inversion + decoding, exact counts on the grid that
-partial abduction uses) and the NFE speed-up. "Within 5%" is |metric - reference| <= 5% of the
-reference (composition, whose reference can be tiny, also passes within 0.1 in 0..255); "no worse"
-counts only metric - reference (all three are errors): a candidate may beat the reference, whose
-own discretisation error is no target. Both verdicts are printed. Writes
-all rows as CSV (default reports/steps.csv) for DVC plots.
+grid (``--reference-iters`` fixed-point iterations, default 1) at ``--reference-steps``, or its
+row read back from an earlier run's CSV with ``--reference-csv`` (250 steps take long on a CPU).
+Prints per row the measured effectiveness (thickness MAE under do(thickness), intensity MAE under
+do(intensity)), the composition L1 of a null intervention, their change against the reference,
+the network evaluations (NFE) of one counterfactual (inversion + decoding, exact counts on the
+grid that partial abduction uses) and the NFE speed-up. "Within 5%" is |metric - reference| <= 5%
+of the reference (composition, whose reference can be tiny, also passes within 0.1 in 0..255);
+"no worse" counts only metric - reference (all three are errors): a candidate may beat the
+reference, whose own discretisation error is no target. Both verdicts are printed. Writes all
+rows as CSV (default reports/steps.csv) for DVC plots.
 """
 
 from __future__ import annotations
