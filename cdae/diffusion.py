@@ -33,6 +33,14 @@ the same ``eps_fn`` retraces the same timesteps): ``timesteps(S, t_end)`` return
   without the test's UNet term). ``fixed_point_iters=K`` removes most of the
   remaining error by solving each inversion step implicitly (K extra eps_fn calls per step).
 
+Solvers and grids (``Solver``, ``Spacing`` in cdae.config): a DDIM step is the Euler step of the
+probability-flow ODE d(x / sqrt(ab)) = eps d(sqrt((1 - ab) / ab)); ``Solver.HEUN`` adds the
+second-order correction (:meth:`GaussianDiffusion.heun_step`, two eps calls per step, the last
+step to the clean image stays Euler), and ``ddim_invert`` inverts either exactly by fixed-point
+iterations. ``Spacing.QUADRATIC`` makes the grid's steps grow linearly away from the clean image.
+On the trained default model, Heun on the quadratic grid with 3 iterations at 20 steps matched
+250 uniform DDIM steps with 4.3x fewer calls (README, Performance).
+
 Clipping: the predicted x0 is clipped to [-1, 1] only on the last decoding step (``t_next == -1``,
 where x_next IS x0_pred), controlled by ``ddim_sample(clip_output=True)``. That equals clamping the
 returned image and never alters the trajectory; intermediate predictions are never clipped, and
