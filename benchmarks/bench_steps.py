@@ -51,11 +51,11 @@ def within(value: float, ref: float, key: str, one_sided: bool = False) -> bool:
 def counterfactual_nfe(p: config.Params, steps: int) -> tuple[int, int]:
     """Network evaluations of one counterfactual: (inversion, decoding), on the grid of
     ``steps`` points that the engine uses (a partial grid keeps the full grid's spacing)."""
+    from cdae.counterfactual import partial_grid_steps
     from cdae.diffusion import GaussianDiffusion
 
-    grid = steps
-    if p.intervene.abduction is config.Abduction.PARTIAL:
-        grid = max(1, round(steps * (p.intervene.t0 + 1) / p.diffusion.timesteps))
+    t_stop = p.intervene.t0 if p.intervene.abduction is config.Abduction.PARTIAL else None
+    grid = partial_grid_steps(steps, t_stop, p.diffusion.timesteps)
     d = p.diffusion
     return (GaussianDiffusion.network_evaluations(grid, d.solver, d.inversion_iters),
             GaussianDiffusion.network_evaluations(grid, d.solver))

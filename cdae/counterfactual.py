@@ -157,6 +157,14 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return ((x.detach().float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8).cpu().numpy()
 
 
+def partial_grid_steps(steps: int, t_stop: int | None, num_timesteps: int) -> int:
+    """Grid points of a grid that stops at ``t_stop`` (None: the full grid) for ``steps`` points
+    over all ``num_timesteps``: a partial grid keeps the full grid's density."""
+    if t_stop is None:
+        return steps
+    return max(1, round(steps * (t_stop + 1) / num_timesteps))
+
+
 class CounterfactualEngine:
     """A trained model (EMA weights) plus its diffusion schedule, ready to answer do-queries."""
 
@@ -180,6 +188,11 @@ class CounterfactualEngine:
         self.inversion_iters = dp.inversion_iters
         self.solver = dp.solver
         self.spacing = dp.spacing
+
+    def sampling_attrs(self) -> dict[str, object]:
+        """The sampling settings as file attributes (what inverted or decoded a file's images)."""
+        return {"inversion_iters": self.inversion_iters, "solver": self.solver.value,
+                "spacing": self.spacing.value}
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -248,10 +261,7 @@ class CounterfactualEngine:
         return Factual(ab.u, ab.z, ab.style, x_T, parents, ab.from_labels)
 
     def _steps_for(self, steps: int, t_stop: int | None) -> int:
-        """DDIM steps on a partial grid keep the full grid's spacing."""
-        if t_stop is None:
-            return steps
-        return max(1, round(steps * (t_stop + 1) / self.diffusion.num_timesteps))
+        return partial_grid_steps(steps, t_stop, self.diffusion.num_timesteps)
 
     @torch.no_grad()
     def intervene(self, factual: Factual,

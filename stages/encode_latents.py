@@ -113,8 +113,7 @@ def run(params: cfg.Params, *, split: str | None = None, steps: int | None = Non
                 bar.advance(rows.size)
             f.attrs.update({"schema_version": SCHEMA_VERSION, "split": ep.split, "steps": ep.steps,
                             "abduction": abduction.value, "t0": ip.t0,
-                            "inversion_iters": engine.inversion_iters,
-                            "solver": engine.solver.value, "spacing": engine.spacing.value,
+                            **engine.sampling_attrs(),
                             "parents_from": ip.parents_from.value,
                             "checkpoint_sha256": file_sha256(model_path),
                             "names": json.dumps(list(engine.graph.names)),
@@ -160,8 +159,8 @@ def open_cached(path: str | Path, model_path: str | Path, rows: np.ndarray, step
                 spacing: cfg.Spacing = cfg.Spacing.UNIFORM,
                 ) -> Iterator[dict[str, CachedRows] | None]:
     """Cached u, z, parents, x_T for dataset ``rows`` when the latents file matches the model,
-    the DDIM steps and the abduction settings (``abduction`` invert or partial, ``t0`` for
-    partial, ``inversion_iters``, ``solver``, ``spacing``), else None (the caller re-abducts). Each is read
+    the steps and the abduction settings (``abduction`` invert or partial, ``t0`` for partial,
+    ``inversion_iters``, ``solver``, ``spacing``), else None (the caller re-abducts). Each is read
     from the file on demand (``cache["x_T"][lo:hi]``: the rows ``rows[lo:hi]``) while the
     ``with`` block keeps it open; only the index (int64 per image) is held in memory."""
     import h5py

@@ -251,14 +251,8 @@ def _settings_attrs(s: _Setup, name: str, kind: FileKind) -> dict[str, object]:
             "units": json.dumps([graph.variable(n).unit for n in graph.names]),
             "guidance": s.ip.guidance,
             "guidance_mode": s.ip.guidance_mode.value, "steps": s.ip.steps,
-            "abduction": s.ip.abduction.value, **sampling_attrs(s.engine),
+            "abduction": s.ip.abduction.value, **s.engine.sampling_attrs(),
             "parents_from": s.ip.parents_from.value, "model_step": s.engine.step}
-
-
-def sampling_attrs(engine) -> dict[str, object]:
-    """The engine's solver, grid and inversion iterations (what decoded the counterfactuals)."""
-    return {"solver": engine.solver.value, "spacing": engine.spacing.value,
-            "inversion_iters": engine.inversion_iters}
 
 
 SKIPPED_ATTR = "skipped"  # attr of an intervention file with no rows: why it was skipped
@@ -375,7 +369,7 @@ def run(params: cfg.Params, do: dict[str, float], *, name: str | None = None,
         "name": name, "path": str(target), "kind": FileKind.INTERVENTION.value,
         "images": int(rows.size), "do": checked,
         "guidance": ip.guidance, "guidance_mode": ip.guidance_mode.value, "steps": ip.steps,
-        "abduction": ip.abduction.value, **sampling_attrs(s.engine),
+        "abduction": ip.abduction.value, **s.engine.sampling_attrs(),
         "parents_from": ip.parents_from.value, "warnings": notes,
         "parents": {n: {"factual_mean": float(np.mean(pf[:, j])),
                         "counterfactual_mean": float(np.mean(pcf[:, j])),
@@ -472,7 +466,7 @@ def run_sweep(params: cfg.Params, var: str, values: list[float], *, name: str | 
         "images": int(rows.size), "var": var, "values": [d[var] for d in dos],
         "shape": [n_val, int(rows.size), c, h, w],
         "guidance": ip.guidance, "guidance_mode": ip.guidance_mode.value, "steps": ip.steps,
-        "abduction": ip.abduction.value, **sampling_attrs(s.engine),
+        "abduction": ip.abduction.value, **s.engine.sampling_attrs(),
         "parents_from": ip.parents_from.value, "warnings": notes, "variables": variables,
         "sweep": [{"value": d[var],
                    "parents": {n: float(np.mean(pcf[i, :, j]))
