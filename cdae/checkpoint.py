@@ -36,15 +36,16 @@ SAMPLING_KEYS = ("inversion_iters", "solver", "spacing")  # of params' diffusion
 
 def config_hash(params_dict: dict[str, Any]) -> str:
     """Hash of the settings that determine a training run (for safe resume). ``train.steps`` is
-    left out: training a finished run for more steps continues it; so are settings that only
+    left out: training a finished run for more steps continues it (as does ``train.max_minutes``:
+    a run stopped by its time budget resumes); so are settings that only
     affect sampling (``diffusion.inversion_iters``, ``solver``, ``spacing``) or bookkeeping."""
     keys = ("graph", "data", "model", "diffusion", "train", "seed")
     sub = {k: params_dict.get(k) for k in keys}
     sub["diffusion"] = {k: v for k, v in (sub["diffusion"] or {}).items()
                         if k not in SAMPLING_KEYS}  # not training settings
     sub["train"] = {k: v for k, v in (sub["train"] or {}).items()
-                    if k not in ("steps", "checkpoint_every", "log_every", "threads", "device",
-                                 "compile")}
+                    if k not in ("steps", "max_minutes", "checkpoint_every", "log_every",
+                                 "threads", "device", "compile")}
     return hashlib.sha256(json.dumps(sub, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

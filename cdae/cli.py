@@ -34,6 +34,8 @@ ProfileOpt = typer.Option(None, "--profile", help="profile from params.yaml's `p
 SolverOpt = typer.Option(None, help="ODE solver of inversion and decoding (diffusion.solver): "
                          "ddim, or heun (2nd order, 2 network calls per step)")
 SpacingOpt = typer.Option(None, help="timestep grid (diffusion.spacing): uniform or quadratic")
+DeviceOpt = typer.Option(None, help="where to sample (params `device`): auto (cuda when "
+                         "present), cpu or cuda")
 JsonOpt = typer.Option(False, "--json", help="print the result as JSON on stdout")
 ShardOpt = typer.Option(None, "--shard", help="INDEX/COUNT: process one slice of the images "
                         "(SLURM arrays; torchrun ranks do this by themselves); join the "
@@ -72,7 +74,7 @@ def _run(fn: Callable[[], Any]) -> Any:
 
 
 def _params(path: Path, profile: Optional[str], solver: Optional[Solver] = None,
-            spacing: Optional[Spacing] = None):
+            spacing: Optional[Spacing] = None, device: Optional[Device] = None):
     """params.yaml (with its profile), the sampling options given on the command line applied."""
     import dataclasses
 
@@ -82,6 +84,8 @@ def _params(path: Path, profile: Optional[str], solver: Optional[Solver] = None,
     changes = {k: v for k, v in (("solver", solver), ("spacing", spacing)) if v is not None}
     if changes:
         p = dataclasses.replace(p, diffusion=dataclasses.replace(p.diffusion, **changes))
+    if device is not None:
+        p = dataclasses.replace(p, device=device)
     return p
 
 
@@ -121,6 +125,9 @@ def prepare_data(params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt,
 def train(params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt,
           steps: Optional[int] = typer.Option(None, help="override train.steps"),
           device: Optional[Device] = typer.Option(None, help="auto, cpu or cuda"),
+          max_minutes: Optional[float] = typer.Option(
+              None, help="override train.max_minutes: stop after this many minutes and write "
+              "the model (a later run continues it); 0 = no limit"),
           resume: bool = typer.Option(True, help="continue from models/checkpoint.pt when it "
                                       "matches the settings"),
           as_json: bool = JsonOpt) -> None:
@@ -136,7 +143,8 @@ def train(params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt,
         from stages import train as stage
 
         p = _params(params, profile)
-        p = replace(p, train=config.override(p.train, "train", steps=steps, device=device))
+        p = replace(p, train=config.override(p.train, "train", steps=steps, device=device,
+                                             max_minutes=max_minutes))
         return stage.run(p, resume=resume)
 
     _emit(_run(go), as_json, lambda r: f"data-parallel worker done at step {r['steps']}"
@@ -150,6 +158,7 @@ def encode_latents(params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt
                    steps: Optional[int] = typer.Option(None, help="inversion steps (grid points)"),
                    solver: Optional[Solver] = SolverOpt,
                    spacing: Optional[Spacing] = SpacingOpt,
+                   device: Optional[Device] = DeviceOpt,
                    out: Optional[Path] = typer.Option(None, help="output HDF5 file"),
                    shard: Optional[str] = ShardOpt,
                    as_json: bool = JsonOpt) -> None:
@@ -162,7 +171,8 @@ def encode_latents(params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt
     def go():
         from stages import encode_latents as stage
 
-        return stage.run(_params(params, profile, solver, spacing), split=split, steps=steps,
+        return stage.run(_params(params, profile, solver, spacing, device), split=split,
+                         steps=steps,
                          out=str(out) if out else None, shard=shard)
 
     _emit(_run(go), as_json, lambda r: f"wrote {r['path']}: {r['images']} images")
@@ -252,6 +262,7 @@ def intervene(params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt,
                                                   "decoding"),
               solver: Optional[Solver] = SolverOpt,
               spacing: Optional[Spacing] = SpacingOpt,
+              device: Optional[Device] = DeviceOpt,
               abduction: Optional[Abduction] = typer.Option(None, help="invert, partial or noise"),
               parents_from: Optional[ParentsFrom] = typer.Option(None, help="labels or image"),
               max_images: Optional[int] = typer.Option(None, help="images of the split, 0 = all"),
@@ -291,7 +302,7 @@ def intervene(params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt,
             if var is None:
                 raise InterventionError("--values needs --var",
                                         hint="e.g. --var thickness --values 1.0:4.0:7")
-            p = _params(params, profile, solver, spacing)
+            p = _params(params, profile, solver, spacing, device)
             from cdae.counterfactual import parse_values
 
             sweep = parse_values(values, var, p.graph)
@@ -300,7 +311,7 @@ def intervene(params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt,
                                    abduction=abduction, parents_from=parents_from,
                                    max_images=max_images, shard=shard,
                                    guidance_mode=guidance_mode)
-        p = _params(params, profile, solver, spacing)
+        p = _params(params, profile, solver, spacing, device)
         items = list(do)
         if (var is None) != (value is None):
             raise InterventionError("--var and --value go together",
@@ -399,7 +410,7 @@ def train_predictors(params: Path = ParamsOpt, profile: Optional[str] = ProfileO
 
 @app.command()
 def evaluate(params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt,
-             as_json: bool = JsonOpt) -> None:
+             device: Optional[Device] = DeviceOpt, as_json: bool = JsonOpt) -> None:
     """The counterfactual scorecard -> metrics.json, plots and reports/evaluation.md.
 
     Example: cdae evaluate && dvc metrics show
@@ -407,7 +418,7 @@ def evaluate(params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt,
     def go():
         from stages import evaluate as stage
 
-        return stage.run(_params(params, profile))
+        return stage.run(_params(params, profile, device=device))
 
     def text(r: dict[str, Any]) -> str:
         from stages.evaluate import format_metrics

@@ -224,6 +224,7 @@ class TrainParams:
     posterior_var_scale: float = field(default=0.001, metadata=NON_NEGATIVE)
     grad_clip: float = field(default=1.0, metadata=NON_NEGATIVE)
     checkpoint_every: int = field(default=500, metadata=POSITIVE)
+    max_minutes: float = field(default=0.0, metadata=NON_NEGATIVE)  # wall-clock budget, 0 = off
     log_every: int = field(default=50, metadata=POSITIVE)
     device: Device = Device.AUTO
     bf16: bool = True  # autocast on CUDA only
@@ -297,6 +298,7 @@ class Params:
     graph: CausalGraph
     profile: str = "default"
     seed: int = 0
+    device: Device = Device.AUTO  # where encode-latents, intervene and evaluate sample
     paths: PathsParams = PathsParams()
     data: DataParams = DataParams()
     model: ModelParams = ModelParams()

@@ -30,10 +30,11 @@ from cdae.model import CausalDiffAE
 from cdae.progress import Progress, log
 
 
-def select_device(choice: cfg.Device) -> torch.device:
+def select_device(choice: cfg.Device, key: str = "train.device") -> torch.device:
+    """The torch device of a setting (``key`` names it in the error): auto = cuda when present."""
     if choice is cfg.Device.CUDA:
         if not torch.cuda.is_available():
-            raise TrainingError("--device cuda: no CUDA device is available",
+            raise TrainingError(f"{key} (or --device) is cuda, but no CUDA device is available",
                                 hint="use --device cpu or auto")
         return torch.device("cuda")
     if choice is cfg.Device.AUTO and torch.cuda.is_available():
@@ -201,6 +202,7 @@ class TrainResult:
     images_per_second: float
     log_rows: list[dict[str, float]]
     is_main: bool = True  # False on data-parallel ranks other than 0: they write nothing
+    out_of_time: bool = False  # stopped by train.max_minutes before train.steps (model written)
 
 
 def label_quantiles(labels: np.ndarray, graph: Any) -> list[list[float]]:
@@ -230,8 +232,10 @@ def train(params: cfg.Params, dataset: Dataset, out_dir: Path, *,
     """Train a CausalDiffAE on the train split of ``dataset``; write checkpoints into out_dir.
 
     ``out_dir/checkpoint.pt`` is written every ``train.checkpoint_every`` steps and when a
-    SIGTERM/SIGINT arrives; ``out_dir/model.pt`` when all steps are done. With ``resume`` a
-    checkpoint of the same configuration continues where it stopped.
+    SIGTERM/SIGINT arrives; ``out_dir/model.pt`` when all steps are done, or at the first step
+    that ends after ``train.max_minutes`` of this call's training loop (a time-boxed run, e.g.
+    a cluster job's limit; every data-parallel rank stops at the same step). With ``resume`` a
+    checkpoint (or a time-boxed model.pt) of the same configuration continues where it stopped.
     """
     tp = params.train
     if tp.threads:
@@ -318,7 +322,9 @@ def train(params: cfg.Params, dataset: Dataset, out_dir: Path, *,
 
     n = train_idx.size
     t0 = time.perf_counter()
+    budget = tp.max_minutes * 60.0  # seconds of this invocation's training loop, 0 = none
     stopped = False
+    out_of_time = False
     step = start
     acc = {"loss": 0.0, "mse": 0.0, "kl": 0.0, "align": 0.0, "mech": 0.0}
     acc_n = 0
@@ -332,9 +338,10 @@ def train(params: cfg.Params, dataset: Dataset, out_dir: Path, *,
             parts = loss_module(images[idx], labels[idx], mask[idx], step, tp, gen, shard,
                                 tp.batch_size)
             loss = parts.total
-            bad, signalled = distributed.any_flag(
-                dist_info, [float(not torch.isfinite(loss)), float(stop.signum is not None)],
-                device)
+            late = budget > 0 and time.perf_counter() - t0 >= budget
+            bad, signalled, timed_out = distributed.any_flag(
+                dist_info, [float(not torch.isfinite(loss)), float(stop.signum is not None),
+                            float(late)], device)
             if bad:
                 distributed.teardown(dist_info)
                 raise TrainingError(f"non-finite loss ({loss.item()}) at step {step}",
@@ -368,6 +375,13 @@ def train(params: cfg.Params, dataset: Dataset, out_dir: Path, *,
                                 "again to resume", stop.signum or signal.SIGTERM, ck_path, step)
                 stopped = True
                 break
+            if timed_out:
+                if main:
+                    log.info("train.max_minutes (%g) reached at step %d of %d: writing the model "
+                             "now; `cdae train` again continues it", tp.max_minutes, step,
+                             tp.steps)
+                out_of_time = True
+                break
             if step % tp.checkpoint_every == 0 and step < tp.steps and main:
                 save_checkpoint(ck_path, payload(step))
     seconds = time.perf_counter() - t0
@@ -380,4 +394,4 @@ def train(params: cfg.Params, dataset: Dataset, out_dir: Path, *,
     ips = done * tp.batch_size / max(seconds, 1e-9)
     if math.isfinite(ips) and main:
         log.info("trained %d steps in %.1f s (%.1f images/s on %s)", done, seconds, ips, device)
-    return TrainResult(step, stopped, seconds, ips, log_rows, main)
+    return TrainResult(step, stopped, seconds, ips, log_rows, main, out_of_time)

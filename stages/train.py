@@ -36,6 +36,7 @@ def run(params: cfg.Params, *, resume: bool = True) -> dict[str, float]:
     summary = {"steps": result.step, "seconds": round(result.seconds, 1),
                "images_per_second": round(result.images_per_second, 1),
                "stopped_by_signal": result.stopped_by_signal,
+               "stopped_by_time": result.out_of_time,
                "final_loss": rows[-1]["loss"] if rows else float("nan")}
     if not result.stopped_by_signal:
         write_text(out / "train.json", json.dumps(summary, indent=2) + "\n")

@@ -75,6 +75,14 @@ def test_missing_files_name_the_fix(params_file: Path) -> None:
     assert_one_line_error(r, "params file not found")
 
 
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a CUDA device is present")
+@pytest.mark.parametrize("command", [["intervene", "--var", "thickness", "--value", "2"],
+                                     ["encode-latents"], ["evaluate"]])
+def test_sampling_on_a_missing_gpu(params_file: Path, command: list[str]) -> None:
+    r = run(command[0], "--params", str(params_file), "--device", "cuda", *command[1:])
+    assert_one_line_error(r, "device (or --device) is cuda, but no CUDA device", "--device cpu")
+
+
 def test_bad_params_name_the_key(params_file: Path) -> None:
     raw = yaml.safe_load(params_file.read_text())
     raw["graph"]["edges"].append(["intensity", "thickness"])

@@ -92,8 +92,8 @@ def test_bad_params_name_the_key(path, value, fragment) -> None:
 
 
 def test_unknown_profile_and_override() -> None:
-    with pytest.raises(ConfigError, match="unknown profile 'gpu'"):
-        config.resolve(base_raw(), "gpu")
+    with pytest.raises(ConfigError, match="unknown profile 'h100'"):
+        config.resolve(base_raw(), "h100")
     p = config.resolve(base_raw())
     t = config.override(p.train, "train", steps=7)
     assert t.steps == 7 and t.lr == p.train.lr

@@ -62,6 +62,31 @@ def test_same_seed_same_weights_and_resume_is_exact(params, dataset, tmp_path: P
         torch.testing.assert_close(c[k], a[k], rtol=0, atol=0, msg=k)
 
 
+def test_time_budget_writes_the_model_and_a_later_run_continues_exactly(
+        params, dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """train.max_minutes stops at the first step past the budget and writes model.pt (not only a
+    checkpoint); training on without a budget then ends with the uninterrupted run's weights."""
+    import cdae.training as training
+
+    train(params, dataset, tmp_path / "full", show_progress=False)
+    clock = iter(float(10 * k) for k in range(10_000))  # every reading 10 s after the last
+    monkeypatch.setattr(training.time, "perf_counter", lambda: next(clock))
+    boxed = dataclasses.replace(params, train=dataclasses.replace(params.train, max_minutes=0.5))
+    r = train(boxed, dataset, tmp_path / "boxed", show_progress=False)
+    assert r.out_of_time and not r.stopped_by_signal
+    assert 1 <= r.step < params.train.steps
+    ck = load_checkpoint(tmp_path / "boxed/model.pt")
+    assert int(ck["step"]) == r.step and int(ck["total_steps"]) == params.train.steps
+    assert not (tmp_path / "boxed/checkpoint.pt").exists()
+
+    monkeypatch.undo()
+    r = train(params, dataset, tmp_path / "boxed", show_progress=False)  # continues to 6
+    assert r.step == params.train.steps and not r.out_of_time
+    a, b = weights(tmp_path / "full/model.pt"), weights(tmp_path / "boxed/model.pt")
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=0, msg=k)
+
+
 def test_other_seed_other_weights(params, dataset, tmp_path: Path) -> None:
     other = dataclasses.replace(params, train=dataclasses.replace(params.train, seed=1))
     train(params, dataset, tmp_path / "a", show_progress=False)

@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# The pipeline's stages in DAG order, without DVC, on a machine with a CUDA GPU (or where DVC is
+# not installed): a tiny smoke run on the GPU first, which fails fast if a CUDA code path is
+# broken, then the whole pipeline on PROFILE. Prints a timing line per stage and copies the
+# results into OUT_DIR as they appear (a job killed at its time limit still leaves them).
+#
+#   usage: scripts/gpu_run.sh OUT_DIR [PROFILE]          (PROFILE default: gpu)
+#   needs: data/dataset.h5 from `cdae prepare-data` (the profile's data settings), run from the
+#          repository root with cdae importable (pip install -e . or PYTHONPATH=.)
+#   env:   DEVICE (default cuda): the smoke run's device; TRAIN_MINUTES overrides
+#          train.max_minutes; SMOKE=0 skips the smoke run; PYTHON (default python3)
+#
+# OUT_DIR receives: train.json, train_log.csv, metrics.json, evaluation.md, results.tar.gz
+# (figures, curves, report.html, predictor errors) and model.pt.part-* (the EMA weights alone,
+# in parts of at most 16 MiB: `cat model.pt.part-* > models/model.pt`).
+set -euo pipefail
+
+out=${1:?usage: scripts/gpu_run.sh OUT_DIR [PROFILE]}
+profile=${2:-gpu}
+device=${DEVICE:-cuda}
+py=${PYTHON:-python3}
+export DVC_NO_ANALYTICS=1 PYTHONUNBUFFERED=1
+mkdir -p "$out"
+[[ -f data/dataset.h5 ]] || { echo "error: data/dataset.h5 not found; run \`cdae prepare-data\` first" >&2; exit 2; }
+
+cdae() { "$py" -m cdae "$@"; }
+timed() {  # timed LABEL CMD...: run CMD, then print how long it took
+    local label=$1 start=$SECONDS
+    shift
+    "$@"
+    echo "timing: $label $((SECONDS - start)) s" >&2
+}
+
+"$py" - <<'EOF'
+import torch
+print(f"torch {torch.__version__}, cuda {torch.version.cuda}, "
+      f"device {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}")
+EOF
+
+if [[ ${SMOKE:-1} != 0 ]]; then
+    # the tiny profile's model and steps on the real dataset, every stage on $device
+    smoke=$(mktemp -d)
+    "$py" - "$smoke" <<'EOF'
+import sys
+
+import yaml
+
+root = sys.argv[1]
+with open("params.yaml") as f:
+    d = yaml.safe_load(f)
+d["paths"].update(model_dir=f"{root}/models", latents=f"{root}/latents.h5",
+                  counterfactuals_dir=f"{root}/cf", figures_dir=f"{root}/figures",
+                  metrics=f"{root}/metrics.json", report_dir=f"{root}/reports")
+with open(f"{root}/params.yaml", "w") as f:
+    yaml.safe_dump(d, f, sort_keys=False)
+EOF
+    s=(--params "$smoke/params.yaml" --profile tiny)
+    timed smoke-train cdae train "${s[@]}" --device "$device"
+    timed smoke-predictors cdae train-predictors "${s[@]}"
+    timed smoke-encode cdae encode-latents "${s[@]}" --device "$device"
+    timed smoke-intervene cdae intervene "${s[@]}" --var thickness --value 2.5 --device "$device"
+    timed smoke-evaluate cdae evaluate "${s[@]}" --device "$device" > /dev/null
+    echo "smoke run passed"
+fi
+
+p=(--profile "$profile")
+minutes=()
+[[ -n ${TRAIN_MINUTES:-} ]] && minutes=(--max-minutes "$TRAIN_MINUTES")
+# the predictors need no model: they train on the CPU while the GPU trains the model
+timed predictors cdae train-predictors "${p[@]}" > "$out/predictors.txt" 2>&1 &
+predictors=$!
+timed train cdae train "${p[@]}" "${minutes[@]}"
+cp models/train.json models/train_log.csv "$out/"
+"$py" - "$out" <<'EOF'
+import sys
+
+import torch
+
+from cdae.checkpoint import load_checkpoint, save_checkpoint
+
+ck = load_checkpoint("models/model.pt")
+slim = {k: v for k, v in ck.items() if k not in ("model", "optimizer", "format",
+                                                 "schema_version", "versions")}
+save_checkpoint(f"{sys.argv[1]}/model.pt", slim)
+EOF
+split -b 16700000 -d "$out/model.pt" "$out/model.pt.part-" && rm "$out/model.pt"
+wait "$predictors"
+cat "$out/predictors.txt"
+timed evaluate cdae evaluate "${p[@]}"
+cp reports/metrics.json reports/evaluation.md "$out/"
+timed encode cdae encode-latents "${p[@]}"
+for name in thickness_2 thickness_4 intensity_120; do
+    timed "intervene-$name" cdae intervene "${p[@]}" --name "$name" --skip-foreign
+done
+timed render cdae render "${p[@]}"
+timed report cdae report "${p[@]}"
+mv "$out/predictors.txt" reports/
+tar -czf "$out/results.tar.gz" reports
+echo "done: $out"
