@@ -18,6 +18,7 @@ File ``predictors.pt``: plain values and state dicts (``torch.load(weights_only=
 
 from __future__ import annotations
 
+import math
 import pickle
 import zipfile
 from dataclasses import dataclass, field
@@ -33,21 +34,30 @@ from cdae.errors import DataError
 from cdae.graph import CausalGraph
 
 FORMAT = "cdae-predictors"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the GroupNorm trunk (files of schema 1 must be re-trained)
+
+
+def _conv(c_in: int, c_out: int, stride: int) -> list[nn.Module]:
+    """3x3 conv -> GroupNorm (up to 8 groups) -> SiLU."""
+    return [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1),
+            nn.GroupNorm(math.gcd(8, c_out), c_out), nn.SiLU()]
 
 
 class PredictorNet(nn.Module):
-    """conv trunk (resolution-agnostic) -> [pooled features, children values] -> hidden -> out."""
+    """conv trunk (resolution-agnostic) -> [pooled features, children values] -> hidden -> out.
+
+    The trunk has three stages of (channels c, 2c, 4c), each a full-resolution conv then a
+    stride-2 conv, with GroupNorm (README, the scorecard, compares it with schema 1's four plain
+    stride-2 convs)."""
 
     def __init__(self, in_channels: int, n_inputs: int, n_out: int, channels: int,
                  hidden: int) -> None:
         super().__init__()
         c = channels
         self.trunk = nn.Sequential(
-            nn.Conv2d(in_channels, c, 3, stride=2, padding=1), nn.SiLU(),
-            nn.Conv2d(c, 2 * c, 3, stride=2, padding=1), nn.SiLU(),
-            nn.Conv2d(2 * c, 4 * c, 3, stride=2, padding=1), nn.SiLU(),
-            nn.Conv2d(4 * c, 4 * c, 3, padding=1), nn.SiLU(),
+            *_conv(in_channels, c, 1), *_conv(c, c, 2),
+            *_conv(c, 2 * c, 1), *_conv(2 * c, 2 * c, 2),
+            *_conv(2 * c, 4 * c, 1), *_conv(4 * c, 4 * c, 2),
             nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.hidden = nn.Sequential(nn.Linear(4 * c + n_inputs, hidden), nn.SiLU())
         self.head = nn.Linear(hidden, n_out)
@@ -182,8 +192,12 @@ class Predictors:
         if not isinstance(blob, dict) or blob.get("format") != FORMAT:
             raise DataError(f"{p}: not a cdae predictors file",
                             hint="re-run `cdae train-predictors`")
-        if int(blob.get("schema_version", -1)) > SCHEMA_VERSION:
+        version = int(blob.get("schema_version", -1))
+        if version > SCHEMA_VERSION:
             raise DataError(f"{p}: written by a newer cdae", hint="upgrade cdae")
+        if version < SCHEMA_VERSION:
+            raise DataError(f"{p}: predictors of an older cdae (schema {version}, another "
+                            "network)", hint="re-run `cdae train-predictors`")
         graph = CausalGraph.from_json(blob["graph"])
         shape = tuple(int(v) for v in blob["image_shape"])
         st = dict(blob["settings"])

@@ -182,6 +182,16 @@ def test_predictors_round_trip_and_nan_inputs(tmp_path) -> None:
     assert np.isfinite(p1["b"]).all() and set(np.unique(p1["k"])) <= {0.0, 1.0, 2.0}
     assert again.features(images).shape == (n, 4)
 
+    # a file of the older network (schema 1) is refused with the fix, not a state-dict traceback
+    import torch
+
+    from cdae.errors import DataError
+
+    blob = torch.load(tmp_path / "p.pt", weights_only=True)
+    torch.save(dict(blob, schema_version=1), tmp_path / "old.pt")
+    with pytest.raises(DataError, match="older cdae.*re-run `cdae train-predictors`"):
+        Predictors.load(tmp_path / "old.pt")
+
 
 def test_sweep_curves_sort_x_pick_effectiveness_and_mark_missing() -> None:
     from stages.evaluate import curve_chart, sweep_curves
