@@ -89,6 +89,8 @@ def run(params: cfg.Params, *, split: str | None = None, steps: int | None = Non
         c, h, w = ds.image_shape
         use_labels = ip.parents_from is cfg.ParentsFrom.LABELS
         abduction = cached_abduction(ip.abduction)
+        for warning in engine.sampling_warnings(ep.steps):
+            log.warning(warning)
         with atomic_path(target) as tmp, h5py.File(tmp, "w") as f, \
                 Progress(idx.size, "encode-latents", unit="img") as bar:
             f.create_dataset("index", data=idx.astype(np.int64))

@@ -511,6 +511,8 @@ def run(params: cfg.Params) -> dict[str, object]:
     pred = _load_predictors(model_dir / PREDICTORS_FILE, ds)
     names = ds.graph.names
     rows = select(ds, ep.split, ep.max_images)
+    for warning in engine.sampling_warnings(ep.steps):  # the step curves may go below on purpose
+        log.warning(warning)
     ctx = _Context(engine=engine, ds=ds, gen=gen, plan=plan, predictors=pred, rows=rows,
                    steps=ep.steps, guidance=ep.guidance, abduction=params.intervene.abduction,
                    t0=params.intervene.t0, guidance_mode=params.intervene.guidance_mode)

@@ -190,6 +190,9 @@ def _setup(params: cfg.Params, label: str,
                 engine.inversion_iters, abduction=ip.abduction, t0=ip.t0,
                 solver=engine.solver, spacing=engine.spacing))
         files = stack.pop_all()
+    for warning in engine.sampling_warnings(ip.steps):  # after the checks: errors stay one line
+        log.warning(warning)
+        notes.append(warning)
     log.info("%s on %d images (%s abduction%s, %d steps of %s on a %s grid, guidance %g%s%s)",
              label, rows.size, ip.abduction.value,
              (", cached x_t0" if ip.abduction is cfg.Abduction.PARTIAL else ", cached x_T")

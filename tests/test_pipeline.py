@@ -474,9 +474,11 @@ def test_cli_solver_and_spacing_reach_the_counterfactuals(project: Path) -> None
             "--max-images", "3", "--steps", "3"]  # encode-latents' steps: its cache matches
     out = sh([*args, "--out", "data/cf_heun.h5"], project)
     assert "3 steps of heun on a quadratic grid" in out and "cached x_t0" in out
+    assert "warning: 3 steps of heun: below 15" in out and "--solver ddim" in out
     out = sh([*args, "--solver", "ddim", "--spacing", "uniform", "--out", "data/cf_ddim.h5"],
              project)
     assert "3 steps of ddim on a uniform grid" in out and "cached" not in out
+    assert "steps of heun: below" not in out
     with h5py.File(project / "data/cf_ddim.h5") as a, h5py.File(project / "data/cf_heun.h5") as b:
         assert (a.attrs["solver"], b.attrs["solver"]) == ("ddim", "heun")
         assert (a.attrs["spacing"], b.attrs["spacing"]) == ("uniform", "quadratic")
