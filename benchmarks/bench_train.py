@@ -1,7 +1,10 @@
 """Benchmark training: images/s, and the overhead of cdae's full training step over a bare one.
 
 Usage (from the repo root): python -m benchmarks.bench_train [--profile default] [--steps 20]
-       [--rounds 3] [--threads 2]
+       [--rounds 3] [--threads 2] [--device cpu|cuda]
+
+On a GPU (``--device cuda --profile gpu``) the gap between "full" and "bare" is what the loop's
+host read-backs and per-step Python cost: "bare" reads nothing back either.
 
 "Bare" = the same model, loss, batch size and AdamW step in a plain loop on one pre-built batch
 (no indexing, no EMA, no logging, no checkpoint, no signal handling). "Full" = `cdae.training.train`
@@ -39,25 +42,32 @@ def synthetic_dataset(params: config.Params, n: int) -> Dataset:
     return Dataset(images, labels, np.ones((n, 3), bool), split, params.graph, mean, std)
 
 
-def bare(params: config.Params, ds: Dataset, steps: int) -> float:
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bare(params: config.Params, ds: Dataset, steps: int, device: torch.device) -> float:
     """Seconds for ``steps`` plain forward + backward + AdamW steps on one fixed batch."""
     tp = params.train
     torch.manual_seed(0)
-    model = build_model(params, ds.image_shape, ds.label_mean, ds.label_std)
-    diffusion = make_diffusion(params)
+    model = build_model(params, ds.image_shape, ds.label_mean, ds.label_std).to(device)
+    diffusion = make_diffusion(params).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=tp.lr)
     b = tp.batch_size
-    x0 = torch.as_tensor(ds.images[:b], dtype=torch.float32) / 127.5 - 1.0
-    y = torch.as_tensor(ds.labels[:b], dtype=torch.float32)
-    mask = torch.ones(b, y.shape[1], dtype=torch.bool)
-    gen = torch.Generator().manual_seed(0)
+    x0 = (torch.as_tensor(ds.images[:b], dtype=torch.float32) / 127.5 - 1.0).to(device)
+    y = torch.as_tensor(ds.labels[:b], dtype=torch.float32, device=device)
+    mask = torch.ones(b, y.shape[1], dtype=torch.bool, device=device)
+    gen = torch.Generator(device=device).manual_seed(0)
     for warm in (True, False):
+        _sync(device)
         start = time.perf_counter()
         for step in range(2 if warm else steps):
             parts = compute_loss(model, diffusion, x0, y, mask, step, tp, gen)
             opt.zero_grad(set_to_none=True)
             parts.total.backward()
             opt.step()
+        _sync(device)
     return time.perf_counter() - start
 
 
@@ -75,6 +85,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--checkpoint-every", type=int, default=10,
                         help="checkpoint period inside the timed loop (params default: 500)")
     args = parser.parse_args()
@@ -84,16 +95,16 @@ def main() -> None:
     tp = dataclasses.replace(params.train, steps=args.steps, log_every=min(params.train.log_every,
                                                                           args.steps),
                              checkpoint_every=args.checkpoint_every, threads=args.threads,
-                             device=config.Device.CPU)
+                             device=config.Device(args.device))
     params = dataclasses.replace(params, train=tp)
     ds = synthetic_dataset(params, max(8 * tp.batch_size, 512))
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, profile "
+    print(f"torch {torch.__version__}, {args.device}, threads {torch.get_num_threads()}, profile "
           f"{params.profile}, batch {tp.batch_size}, {args.steps} steps per round, checkpoint "
           f"every {args.checkpoint_every} steps")
     bare_s, full_s = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
-            bare_s.append(bare(params, ds, args.steps))
+            bare_s.append(bare(params, ds, args.steps, torch.device(args.device)))
             loop, total = full(params, ds, Path(tmp) / f"r{r}")
             full_s.append(loop)
             print(f"round {r}: bare {bare_s[-1] / args.steps * 1e3:.1f} ms/step, full "

@@ -63,11 +63,14 @@ def beta_at(step: int, tp: cfg.TrainParams) -> float:
 
 @dataclass
 class LossParts:
+    """The loss (with its graph) and its parts, detached 0-dim tensors on the loss's device: no
+    host read-back, so a GPU step runs without waiting for the CPU (read them at log steps)."""
+
     total: torch.Tensor
-    mse: float
-    kl: float
-    align: float
-    mech: float
+    mse: torch.Tensor
+    kl: torch.Tensor
+    align: torch.Tensor
+    mech: torch.Tensor
 
 
 def compute_loss(model: CausalDiffAE, diffusion: GaussianDiffusion, x0: torch.Tensor,
@@ -122,7 +125,7 @@ def compute_loss(model: CausalDiffAE, diffusion: GaussianDiffusion, x0: torch.Te
     mse = F.mse_loss(eps.float(), noise)
     beta = beta_at(step, tp)
     total = mse + beta * tp.kl_weight * (kl + align) + tp.mechanism_weight * mech
-    return LossParts(total, mse.item(), kl.item(), align.item(), float(mech.detach()))
+    return LossParts(total, mse.detach(), kl.detach(), align.detach(), mech.detach())
 
 
 class EMA:
@@ -144,13 +147,19 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module, updates: int) -> None:
-        """Blend ``model`` into the average; ``updates`` = optimizer steps taken before this one."""
+        """Blend ``model`` into the average; ``updates`` = optimizer steps taken before this one.
+        One multi-tensor lerp for all floating-point tensors (one kernel launch per group on a
+        GPU instead of one per tensor)."""
         weight = 1.0 - self.decay_at(updates)
+        shadow, current = [], []
         for k, v in model.state_dict().items():
             if v.dtype.is_floating_point:
-                self.shadow[k].lerp_(v, weight)
+                shadow.append(self.shadow[k])
+                current.append(v)
             else:
                 self.shadow[k].copy_(v)
+        if shadow:
+            torch._foreach_lerp_(shadow, current, weight)
 
 
 class _StopFlag:
@@ -326,8 +335,11 @@ def train(params: cfg.Params, dataset: Dataset, out_dir: Path, *,
     stopped = False
     out_of_time = False
     step = start
-    acc = {"loss": 0.0, "mse": 0.0, "kl": 0.0, "align": 0.0, "mech": 0.0}
+    keys = ("loss", "mse", "kl", "align", "mech")
+    acc = torch.zeros(len(keys), dtype=torch.float64, device=device)  # sums since the last row
     acc_n = 0
+    checked = start  # the losses up to this step are known to be finite
+    shown: dict[str, float] = {}  # what the progress bar shows: the last logged mean loss
     model.train()
     with _StopFlag() as stop, Progress(tp.steps, "train", unit="step", start=start,
                                        enabled=show_progress and main) as bar:
@@ -338,14 +350,6 @@ def train(params: cfg.Params, dataset: Dataset, out_dir: Path, *,
             parts = loss_module(images[idx], labels[idx], mask[idx], step, tp, gen, shard,
                                 tp.batch_size)
             loss = parts.total
-            late = budget > 0 and time.perf_counter() - t0 >= budget
-            bad, signalled, timed_out = distributed.any_flag(
-                dist_info, [float(not torch.isfinite(loss)), float(stop.signum is not None),
-                            float(late)], device)
-            if bad:
-                distributed.teardown(dist_info)
-                raise TrainingError(f"non-finite loss ({loss.item()}) at step {step}",
-                                    hint=f"lower train.lr; the last good checkpoint is {ck_path}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if tp.grad_clip > 0:
@@ -353,21 +357,36 @@ def train(params: cfg.Params, dataset: Dataset, out_dir: Path, *,
             opt.step()
             ema.update(model, step)
             step += 1
-            loss_value = loss.item()
-            acc["loss"] += loss_value
-            for k in ("mse", "kl", "align", "mech"):
-                acc[k] += getattr(parts, k)
+            acc += torch.stack([loss.detach(), parts.mse, parts.kl, parts.align,
+                                parts.mech]).double()
             acc_n += 1
-            if step % tp.log_every == 0 or step == tp.steps:
+            late = budget > 0 and time.perf_counter() - t0 >= budget
+            signalled, timed_out = distributed.any_flag(
+                dist_info, [float(stop.signum is not None), float(late)], device)
+            log_now = step % tp.log_every == 0 or step == tp.steps
+            if log_now or signalled or timed_out or step % tp.checkpoint_every == 0:
+                # the loop's only read-back: before anything is logged or saved, the losses since
+                # the last check must be finite (a diverged step never reaches a file)
+                sums = acc.tolist()
+                (bad,) = distributed.any_flag(
+                    dist_info, [float(not all(map(math.isfinite, sums)))], device)
+                if bad:
+                    distributed.teardown(dist_info)
+                    raise TrainingError(f"non-finite loss between steps {checked + 1} and {step}",
+                                        hint="lower train.lr; the last good checkpoint is "
+                                        f"{ck_path}")
+                checked = step
+            if log_now:
                 means = distributed.mean_over_ranks(
-                    dist_info, {k: v / acc_n for k, v in acc.items()}, device)
+                    dist_info, {k: v / acc_n for k, v in zip(keys, sums)}, device)
                 row = {"step": float(step), **means, "beta": beta_at(step, tp)}
                 log_rows.append(row)
                 if on_log is not None and main:
                     on_log(row)
-                acc = dict.fromkeys(acc, 0.0)
+                acc.zero_()
                 acc_n = 0
-            bar.advance(1, loss=loss_value)
+                shown = {"loss": means["loss"]}
+            bar.advance(1, **shown)
             if signalled:
                 if main:
                     save_checkpoint(ck_path, payload(step))
