@@ -233,6 +233,16 @@ class CounterfactualEngine:
         engine.set_sampling(params.diffusion)
         return engine
 
+    @classmethod
+    def for_params(cls, path: str | Path, params: cfg.Params) -> "CounterfactualEngine":
+        """The model at ``path`` on ``params.device`` (auto: cuda when present), sampling with
+        ``params.diffusion``'s solver, grid and inversion iterations: what the stages use."""
+        from cdae.training import select_device
+
+        engine = cls.load(path, device=select_device(params.device, "device"))
+        engine.set_sampling(params.diffusion)
+        return engine
+
     # ------------------------------------------------------------------ support checks
     def percentile(self, name: str, value: float) -> float | None:
         """Percentile (0..100) of ``value`` in the train split's labels of ``name``."""

@@ -69,13 +69,11 @@ def run(params: cfg.Params, *, split: str | None = None, steps: int | None = Non
 
     from cdae.counterfactual import CounterfactualEngine, to_unit
     from cdae.dataset import open_dataset
-    from cdae.training import select_device
 
     ep = cfg.override(params.encode, "encode", split=split, steps=steps)
     ip = params.intervene
     model_path = Path(params.paths.model_dir) / "model.pt"
-    engine = CounterfactualEngine.load(model_path, device=select_device(params.device, "device"))
-    engine.set_sampling(params.diffusion)
+    engine = CounterfactualEngine.for_params(model_path, params)
     with open_dataset(params.paths.dataset) as ds:  # images streamed batch by batch
         from stages.intervene import check_compatible
 

@@ -488,7 +488,7 @@ def run(params: cfg.Params) -> dict[str, object]:
     from stages.intervene import check_compatible
 
     t_start = time.perf_counter()
-    device = select_device(params.device, "device")  # first: a missing GPU fails before any work
+    select_device(params.device, "device")  # first: a missing GPU fails before any work
     c_start = time.process_time()
     ep = params.evaluate
     ds = read_dataset(params.paths.dataset)
@@ -504,8 +504,7 @@ def run(params: cfg.Params) -> dict[str, object]:
         log.info("evaluate: %s: ground truth %s; targets from %s", params.paths.dataset,
                  GROUND_TRUTH_MISSING, plan.targets.value)
     model_dir = Path(params.paths.model_dir)
-    engine = CounterfactualEngine.load(model_dir / "model.pt", device=device)
-    engine.set_sampling(params.diffusion)
+    engine = CounterfactualEngine.for_params(model_dir / "model.pt", params)
     check_compatible(engine, ds.graph, str(params.paths.dataset), model_dir / "model.pt",
                      ds.image_shape)
     pred = _load_predictors(model_dir / PREDICTORS_FILE, ds)

@@ -166,13 +166,11 @@ def _setup(params: cfg.Params, label: str,
 
     from cdae.counterfactual import CounterfactualEngine
     from cdae.dataset import open_dataset
-    from cdae.training import select_device
     from stages.encode_latents import open_cached, select
 
     ip = cfg.override(params.intervene, "intervene", **overrides)
     model_path = Path(params.paths.model_dir) / "model.pt"
-    engine = CounterfactualEngine.load(model_path, device=select_device(params.device, "device"))
-    engine.set_sampling(params.diffusion)
+    engine = CounterfactualEngine.for_params(model_path, params)
     notes = validate(engine)
     with contextlib.ExitStack() as stack:  # handed to the caller unless this fails
         ds = stack.enter_context(open_dataset(params.paths.dataset))  # images read per batch
