@@ -8,7 +8,13 @@
 #   needs: data/dataset.h5 from `cdae prepare-data` (the profile's data settings), run from the
 #          repository root with cdae importable (pip install -e . or PYTHONPATH=.)
 #   env:   DEVICE (default cuda): the smoke run's device; TRAIN_MINUTES overrides
-#          train.max_minutes; SMOKE=0 skips the smoke run; PYTHON (default python3)
+#          train.max_minutes; SMOKE=0 skips the smoke run; CURVES=0 turns evaluate's guidance
+#          and step curves off (a params copy with evaluate.sweep_* = [] everywhere); PYTHON
+#          (default python3)
+#
+# On one H100 (2026-11-26, profile gpu): smoke 52 s, train 5.5 min + 11 s, evaluate 169 s
+# without the curves and about 2 minutes more with them, so SMOKE=0 CURVES=0 fits a 10-minute
+# job with a 6.5-minute training budget.
 #
 # OUT_DIR receives: train.json, train_log.csv, metrics.json, evaluation.md, results.tar.gz
 # (figures, curves, report.html, predictor errors) and model.pt.part-* (the EMA weights alone,
@@ -63,7 +69,24 @@ EOF
     echo "smoke run passed"
 fi
 
-p=(--profile "$profile")
+params=params.yaml
+if [[ ${CURVES:-1} == 0 ]]; then
+    params=$(mktemp -d)/params.yaml
+    "$py" - "$params" <<'EOF'
+import sys
+
+import yaml
+
+with open("params.yaml") as f:
+    d = yaml.safe_load(f)
+for section in [d, *d.get("profiles", {}).values()]:
+    if "evaluate" in section or section is d:
+        section.setdefault("evaluate", {}).update(sweep_guidance=[], sweep_steps=[])
+with open(sys.argv[1], "w") as f:
+    yaml.safe_dump(d, f, sort_keys=False)
+EOF
+fi
+p=(--params "$params" --profile "$profile")
 minutes=()
 [[ -n ${TRAIN_MINUTES:-} ]] && minutes=(--max-minutes "$TRAIN_MINUTES")
 # the predictors need no model: they train on the CPU while the GPU trains the model
