@@ -13,8 +13,8 @@
 #          (default python3)
 #
 # On one H100 (2026-11-26, profile gpu): smoke 52 s, train 5.5 min + 11 s, evaluate 169 s
-# without the curves and about 2 minutes more with them, so SMOKE=0 CURVES=0 fits a 10-minute
-# job with a 6.5-minute training budget.
+# without the curves and about 2 minutes more with them; with SMOKE=0 CURVES=0 and the profile's
+# 5.5 training minutes the parts add up to about 9.5 minutes (not run as a whole).
 #
 # OUT_DIR receives: train.json, train_log.csv, metrics.json, evaluation.md, results.tar.gz
 # (figures, curves, report.html, predictor errors) and model.pt.part-* (the EMA weights alone,
