@@ -37,6 +37,30 @@ timed() {  # timed LABEL CMD...: run CMD, then print how long it took
     echo "timing: $label $((SECONDS - start)) s" >&2
 }
 
+params_copy() {  # params_copy DEST smoke|nocurves: params.yaml with outputs under DEST's
+    # folder (smoke) or with evaluate's curves off in the base and every profile (nocurves)
+    "$py" - "$@" <<'EOF'
+import sys
+from pathlib import Path
+
+import yaml
+
+dest, kind = Path(sys.argv[1]), sys.argv[2]
+with open("params.yaml") as f:
+    d = yaml.safe_load(f)
+if kind == "smoke":
+    root = dest.parent
+    d["paths"].update(model_dir=f"{root}/models", latents=f"{root}/latents.h5",
+                      counterfactuals_dir=f"{root}/cf", figures_dir=f"{root}/figures",
+                      metrics=f"{root}/metrics.json", report_dir=f"{root}/reports")
+else:
+    for section in [d, *d.get("profiles", {}).values()]:
+        section.setdefault("evaluate", {}).update(sweep_guidance=[], sweep_steps=[])
+with open(dest, "w") as f:
+    yaml.safe_dump(d, f, sort_keys=False)
+EOF
+}
+
 "$py" - <<'EOF'
 import torch
 print(f"torch {torch.__version__}, cuda {torch.version.cuda}, "
@@ -46,20 +70,7 @@ EOF
 if [[ ${SMOKE:-1} != 0 ]]; then
     # the tiny profile's model and steps on the real dataset, every stage on $device
     smoke=$(mktemp -d)
-    "$py" - "$smoke" <<'EOF'
-import sys
-
-import yaml
-
-root = sys.argv[1]
-with open("params.yaml") as f:
-    d = yaml.safe_load(f)
-d["paths"].update(model_dir=f"{root}/models", latents=f"{root}/latents.h5",
-                  counterfactuals_dir=f"{root}/cf", figures_dir=f"{root}/figures",
-                  metrics=f"{root}/metrics.json", report_dir=f"{root}/reports")
-with open(f"{root}/params.yaml", "w") as f:
-    yaml.safe_dump(d, f, sort_keys=False)
-EOF
+    params_copy "$smoke/params.yaml" smoke
     s=(--params "$smoke/params.yaml" --profile tiny)
     timed smoke-train cdae train "${s[@]}" --device "$device"
     timed smoke-predictors cdae train-predictors "${s[@]}"
@@ -72,19 +83,7 @@ fi
 params=params.yaml
 if [[ ${CURVES:-1} == 0 ]]; then
     params=$(mktemp -d)/params.yaml
-    "$py" - "$params" <<'EOF'
-import sys
-
-import yaml
-
-with open("params.yaml") as f:
-    d = yaml.safe_load(f)
-for section in [d, *d.get("profiles", {}).values()]:
-    if "evaluate" in section or section is d:
-        section.setdefault("evaluate", {}).update(sweep_guidance=[], sweep_steps=[])
-with open(sys.argv[1], "w") as f:
-    yaml.safe_dump(d, f, sort_keys=False)
-EOF
+    params_copy "$params" nocurves
 fi
 p=(--params "$params" --profile "$profile")
 minutes=()
