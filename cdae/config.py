@@ -246,8 +246,8 @@ class InterveneParams:
     split: str = "test"
     max_images: int = field(default=100, metadata=NON_NEGATIVE)
     steps: int = field(default=50, metadata=POSITIVE)
-    guidance: float = field(default=0.0, metadata=NON_NEGATIVE)
-    guidance_mode: GuidanceMode = GuidanceMode.UNCONDITIONAL
+    guidance: float = field(default=0.1, metadata=NON_NEGATIVE)
+    guidance_mode: GuidanceMode = GuidanceMode.FACTUAL
     abduction: Abduction = Abduction.INVERT
     t0: int = field(default=700, metadata=POSITIVE)  # for partial abduction
     parents_from: ParentsFrom = ParentsFrom.LABELS
@@ -265,7 +265,7 @@ class EvaluateParams:
     split: str = "test"
     max_images: int = field(default=20, metadata=NON_NEGATIVE)
     steps: int = field(default=50, metadata=POSITIVE)
-    guidance: float = field(default=0.0, metadata=NON_NEGATIVE)
+    guidance: float = field(default=0.1, metadata=NON_NEGATIVE)
     seed: int = 0  # first seed of the intervention draws (seeds seed, seed+1, ...)
     seeds: int = field(default=3, metadata=POSITIVE)  # draws: rows report mean and std
     cycle_images: int = field(default=2, metadata=NON_NEGATIVE)  # composition/reversibility

@@ -117,28 +117,35 @@ class Phase(str, enum.Enum):
     BACKWARD = "backward"  # do(pa) on an image with parents pa* (second half)
 
 
-def cycles(x: np.ndarray, step: Callable[[np.ndarray, np.ndarray], np.ndarray],
-           m_values: Sequence[int], c_values: Sequence[int]) -> tuple[dict[int, float],
-                                                                      dict[int, float]]:
+def cycles(x: np.ndarray, step: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray],
+           m_values: Sequence[int], c_values: Sequence[int],
+           sets: Sequence[str] = ("all",)) -> tuple[dict[int, float],
+                                                    dict[str, dict[int, float]]]:
     """Composition and reversibility (Monteiro et al. 2023) of the images ``x``, as L1 in
     0..255 to ``x``: the null intervention applied m times (each m of ``m_values``), and c
-    cycles of do(pa*) then do(pa) (each c of ``c_values``). Both chains run side by side:
-    ``step(images, phases)`` applies one full abduct-act-predict to a batch whose images carry
-    their :class:`Phase` (an array of Phase values), so each round is one batch."""
-    n = x.shape[0]
+    cycles of do(pa*) then do(pa) (each c of ``c_values``), once per intervention set named in
+    ``sets`` (which parents the cycle changes; the caller's ``step`` knows them). All chains run
+    side by side: ``step(images, phases, chain)`` applies one full abduct-act-predict to a batch
+    whose images carry their :class:`Phase` and their set's name (``""`` for the null chain),
+    so each round is one batch. Returns ({m: L1}, {set: {c: L1}})."""
+    n, k = x.shape[0], len(sets)
     m_max, r_max = max(m_values), 2 * max(c_values)
-    comp, rev = x, x
+    comp, rev = x, np.concatenate([x] * k)
+    rev_chain = np.repeat(np.asarray(sets, dtype=object), n)
     comp_out: dict[int, float] = {}
-    rev_out: dict[int, float] = {}
+    rev_out: dict[str, dict[int, float]] = {name: {} for name in sets}
     for r in range(1, max(m_max, r_max) + 1):
-        parts, phases = [], []
+        parts, phases, chain = [], [], []
         if r <= m_max:
             parts.append(comp)
             phases += [Phase.NULL] * n
+            chain.append(np.full(n, "", dtype=object))
         if r <= r_max:
             parts.append(rev)
-            phases += [Phase.FORWARD if r % 2 else Phase.BACKWARD] * n
-        out = step(np.concatenate(parts), np.asarray(phases, dtype=object))
+            phases += [Phase.FORWARD if r % 2 else Phase.BACKWARD] * (n * k)
+            chain.append(rev_chain)
+        out = step(np.concatenate(parts), np.asarray(phases, dtype=object),
+                   np.concatenate(chain))
         if r <= m_max:
             comp, out = out[:n], out[n:]
             if r in m_values:
@@ -146,7 +153,8 @@ def cycles(x: np.ndarray, step: Callable[[np.ndarray, np.ndarray], np.ndarray],
         if r <= r_max:
             rev = out
             if r % 2 == 0 and r // 2 in c_values:
-                rev_out[r // 2] = l1(x, rev)
+                for i, name in enumerate(sets):
+                    rev_out[name][r // 2] = l1(x, rev[i * n:(i + 1) * n])
     return comp_out, rev_out
 
 

@@ -302,13 +302,18 @@ def train(params: cfg.Params, dataset: Dataset, out_dir: Path, *,
     if resume and source.is_file():
         ck = load_checkpoint(source, map_location=device)
         if ck.get("config_hash") == chash and int(ck["step"]) <= tp.steps:
-            model.load_state_dict(ck["model"])
             ema.shadow = {k: v.to(device) for k, v in ck["ema"].items()}
-            opt.load_state_dict(ck["optimizer"])
+            if "model" in ck and "optimizer" in ck:
+                model.load_state_dict(ck["model"])
+                opt.load_state_dict(ck["optimizer"])
+            else:  # EMA weights alone (e.g. the model.pt scripts/gpu_run.sh returns): warm start
+                model.load_state_dict(ck["ema"])
             start = int(ck["step"])
             log_rows = list(ck.get("log", []))
             if main:
-                log.info("resuming from %s at step %d", source, start)
+                log.info("resuming from %s at step %d%s", source, start,
+                         "" if "optimizer" in ck else
+                         " (EMA weights alone: the weights start from them, the optimizer afresh)")
         elif main:
             log.info("starting afresh: %s was written for other settings", source)
 

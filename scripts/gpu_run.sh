@@ -7,6 +7,9 @@
 #   usage: scripts/gpu_run.sh OUT_DIR [PROFILE]          (PROFILE default: gpu)
 #   needs: data/dataset.h5 from `cdae prepare-data` (the profile's data settings), run from the
 #          repository root with cdae importable (pip install -e . or PYTHONPATH=.)
+#   more:  a models/model.pt of the same settings is trained on from its step, also the EMA
+#          weights alone that a previous run returned (`cat model.pt.part-* > models/model.pt`):
+#          several time-boxed jobs add up to one longer training run
 #   env:   DEVICE (default cuda): the smoke run's device; TRAIN_MINUTES overrides
 #          train.max_minutes; SMOKE=0 skips the smoke run; CURVES=0 turns evaluate's guidance
 #          and step curves off (a params copy with evaluate.sweep_* = [] everywhere); PYTHON

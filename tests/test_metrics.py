@@ -66,16 +66,22 @@ def test_frechet_distance_zero_for_identical_sets_and_grows_with_a_shift() -> No
 
 def test_composition_and_reversibility_of_exact_and_drifting_models() -> None:
     x = np.random.default_rng(0).integers(50, 200, size=(3, 1, 8, 8)).astype(np.uint8)
-    exact = M.cycles(x, lambda im, phase: im.copy(), [1, 10], [1, 5])
-    assert exact == ({1: 0.0, 10: 0.0}, {1: 0.0, 5: 0.0})
+    exact = M.cycles(x, lambda im, phase, chain: im.copy(), [1, 10], [1, 5])
+    assert exact == ({1: 0.0, 10: 0.0}, {"all": {1: 0.0, 5: 0.0}})
     shift = {M.Phase.NULL: 1, M.Phase.FORWARD: 3, M.Phase.BACKWARD: -2}
+    scale = {"": 1, "all": 1, "some": 2}
 
-    def drift(im: np.ndarray, phases: np.ndarray) -> np.ndarray:
-        assert im.shape[0] == phases.size
-        return im + np.array([shift[p] for p in phases], np.int64)[:, None, None, None]
+    def drift(im: np.ndarray, phases: np.ndarray, chain: np.ndarray) -> np.ndarray:
+        assert im.shape[0] == phases.size == chain.size
+        assert all((c == "") == (p is M.Phase.NULL) for p, c in zip(phases, chain))
+        d = np.array([shift[p] * scale[c] for p, c in zip(phases, chain)], np.int64)
+        return im + d[:, None, None, None]
 
-    # the null step drifts by 1 per application; a cycle by 3 - 2 = 1
-    assert M.cycles(x, drift, [1, 10], [1, 5]) == ({1: 1.0, 10: 10.0}, {1: 1.0, 5: 5.0})
+    # the null step drifts by 1 per application; a cycle by 3 - 2 = 1, twice that in "some"
+    assert M.cycles(x, drift, [1, 10], [1, 5]) == ({1: 1.0, 10: 10.0},
+                                                    {"all": {1: 1.0, 5: 5.0}})
+    assert M.cycles(x, drift, [1, 10], [1, 5], sets=("all", "some")) == (
+        {1: 1.0, 10: 10.0}, {"all": {1: 1.0, 5: 5.0}, "some": {1: 2.0, 5: 10.0}})
 
 
 def test_forced_change_leaves_the_factual_decile_and_class() -> None:

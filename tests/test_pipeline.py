@@ -107,7 +107,8 @@ def check_scorecard(project: Path, metrics: dict) -> None:
     assert truth < 0.25 < metrics["do_thickness_forced_do_nothing"]["thickness_mae"]
     cycles = metrics["cycles"]
     assert {f"composition_l1_{m}" for m in (1, ep["composition_steps"])} <= set(cycles)
-    assert {f"reversibility_l1_{c}" for c in (1, ep["reversibility_cycles"])} <= set(cycles)
+    for prefix in ("reversibility", "reversibility_continuous"):  # the digit is categorical
+        assert {f"{prefix}_l1_{c}" for c in (1, ep["reversibility_cycles"])} <= set(cycles)
     assert cycles["images"] == ep["cycle_images"]
     assert 0 <= metrics["dci"]["disentanglement_per_block"] <= 1
     assert "digit_test_accuracy" in metrics["predictors"]
@@ -133,8 +134,10 @@ def check_scorecard(project: Path, metrics: dict) -> None:
         assert [float(x.split(",")[0]) for x in lines[1:]] == sorted(ep[f"sweep_{what}"])
         assert metrics[f"sweep_{what}_{ep[f'sweep_{what}'][0]:g}"]["images"] == ep["sweep_images"]
     assert "## Against the steps (inversion and decoding)" in md
-    # the point both sweeps share (evaluate.steps, guidance 0) is scored once, used twice
-    assert metrics[f"sweep_steps_{ep['steps']}"] == metrics["sweep_guidance_0"]
+    # the point both sweeps share (evaluate.steps, evaluate.guidance) is scored once, used twice
+    guidance = metrics["setup"]["guidance"]
+    assert guidance in ep["sweep_guidance"]
+    assert metrics[f"sweep_steps_{ep['steps']}"] == metrics[f"sweep_guidance_{guidance:g}"]
 
 
 def test_cli_intervene_prints_parents(project: Path) -> None:

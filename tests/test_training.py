@@ -87,6 +87,30 @@ def test_time_budget_writes_the_model_and_a_later_run_continues_exactly(
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=0, msg=k)
 
 
+def test_ema_weights_alone_warm_start_training(params, dataset, tmp_path: Path,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    """A model.pt with the EMA weights alone (what scripts/gpu_run.sh returns) continues at its
+    step: the trained weights start from the EMA weights, the optimizer afresh."""
+    from cdae.checkpoint import save_checkpoint
+
+    short = dataclasses.replace(params, train=dataclasses.replace(params.train, steps=4))
+    train(short, dataset, tmp_path / "d", show_progress=False)
+    ck = load_checkpoint(tmp_path / "d/model.pt")
+    save_checkpoint(tmp_path / "d/model.pt",
+                    {k: v for k, v in ck.items() if k not in ("model", "optimizer")})
+    (tmp_path / "d/checkpoint.pt").unlink(missing_ok=True)
+    with caplog.at_level("INFO", logger="cdae"):
+        r = train(short, dataset, tmp_path / "d", show_progress=False)  # nothing left to train
+    assert r.step == 4 and "EMA weights alone" in caplog.text
+    again = load_checkpoint(tmp_path / "d/model.pt")
+    for k, v in ck["ema"].items():
+        torch.testing.assert_close(again["model"][k], v, rtol=0, atol=0, msg=k)
+    r = train(params, dataset, tmp_path / "d", show_progress=False)  # 4 -> 6
+    assert r.step == 6
+    trained = load_checkpoint(tmp_path / "d/model.pt")["ema"]
+    assert any(not torch.equal(trained[k], v) for k, v in ck["ema"].items())
+
+
 def test_other_seed_other_weights(params, dataset, tmp_path: Path) -> None:
     other = dataclasses.replace(params, train=dataclasses.replace(params.train, seed=1))
     train(params, dataset, tmp_path / "a", show_progress=False)
