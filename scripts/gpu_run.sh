@@ -12,12 +12,14 @@
 #          several time-boxed jobs add up to one longer training run
 #   env:   DEVICE (default cuda): the smoke run's device; TRAIN_MINUTES overrides
 #          train.max_minutes; SMOKE=0 skips the smoke run; CURVES=0 turns evaluate's guidance
-#          and step curves off (a params copy with evaluate.sweep_* = [] everywhere); PYTHON
-#          (default python3)
+#          and step curves off (a params copy with evaluate.sweep_* = [] everywhere);
+#          PREDICTORS=0 keeps the models/predictors.pt already there (trained anywhere: they need
+#          no GPU) instead of training them beside the model; PYTHON (default python3)
 #
 # On one H100 (2026-11-26, profile gpu): smoke 52 s, train 5.5 min + 11 s, evaluate 169 s
-# without the curves and about 2 minutes more with them; with SMOKE=0 CURVES=0 and the profile's
-# 5.5 training minutes the parts add up to about 9.5 minutes (not run as a whole).
+# without the curves and about 2 minutes more with them. On one H200 (2026-11-26, SMOKE=0
+# CURVES=0 TRAIN_MINUTES=3.5, continuing a returned model.pt): 419 s in all (train 220 s,
+# evaluate 151 s with factual guidance, the rest about 45 s).
 #
 # OUT_DIR receives: train.json, train_log.csv, metrics.json, evaluation.md, results.tar.gz
 # (figures, curves, report.html, predictor errors) and model.pt.part-* (the EMA weights alone,
@@ -92,8 +94,14 @@ p=(--params "$params" --profile "$profile")
 minutes=()
 [[ -n ${TRAIN_MINUTES:-} ]] && minutes=(--max-minutes "$TRAIN_MINUTES")
 # the predictors need no model: they train on the CPU while the GPU trains the model
-timed predictors cdae train-predictors "${p[@]}" > "$out/predictors.txt" 2>&1 &
-predictors=$!
+if [[ ${PREDICTORS:-1} == 0 ]]; then
+    [[ -f models/predictors.pt ]] || { echo "error: PREDICTORS=0 but models/predictors.pt not found; run \`cdae train-predictors\` first" >&2; exit 2; }
+    echo "PREDICTORS=0: kept models/predictors.pt" > "$out/predictors.txt"
+    predictors=
+else
+    timed predictors cdae train-predictors "${p[@]}" > "$out/predictors.txt" 2>&1 &
+    predictors=$!
+fi
 timed train cdae train "${p[@]}" "${minutes[@]}"
 cp models/train.json models/train_log.csv "$out/"
 "$py" - "$out" <<'EOF'
@@ -109,7 +117,7 @@ slim = {k: v for k, v in ck.items() if k not in ("model", "optimizer", "format",
 save_checkpoint(f"{sys.argv[1]}/model.pt", slim)
 EOF
 split -b 16700000 -d "$out/model.pt" "$out/model.pt.part-" && rm "$out/model.pt"
-wait "$predictors"
+[[ -z $predictors ]] || wait "$predictors"
 cat "$out/predictors.txt"
 timed evaluate cdae evaluate "${p[@]}"
 cp reports/metrics.json reports/evaluation.md "$out/"

@@ -519,3 +519,14 @@ def test_gpu_run_script_without_dvc(tmp_path: Path) -> None:
     ck = load_checkpoint(tmp_path / "model.pt")
     assert "ema" in ck and "optimizer" not in ck and ck["step"] == ck["total_steps"]
     assert "sweep" not in (out / "evaluation.md").read_text()
+
+    # a second job continues from the returned weights and keeps the predictors (PREDICTORS=0)
+    shutil.copy(tmp_path / "model.pt", d / "models/model.pt")
+    (d / "models/checkpoint.pt").unlink(missing_ok=True)
+    proc = subprocess.run(["bash", "scripts/gpu_run.sh", str(tmp_path / "out2"), "tiny"], cwd=d,
+                          env=dict(env, PREDICTORS="0"), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    log = proc.stdout + proc.stderr
+    assert f"at step {ck['step']} (EMA weights alone" in log
+    assert "kept models/predictors.pt" in log and "timing: predictors" not in log
+    assert (tmp_path / "out2/metrics.json").is_file()
