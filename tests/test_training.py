@@ -88,10 +88,15 @@ def test_time_budget_writes_the_model_and_a_later_run_continues_exactly(
 
 
 def test_ema_weights_alone_warm_start_training(params, dataset, tmp_path: Path,
-                                              caplog: pytest.LogCaptureFixture) -> None:
+                                              caplog: pytest.LogCaptureFixture,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """A model.pt with the EMA weights alone (what scripts/gpu_run.sh returns) continues at its
     step: the trained weights start from the EMA weights, the optimizer afresh."""
     from cdae.checkpoint import save_checkpoint
+    from cdae.progress import log
+
+    monkeypatch.setattr(log, "propagate", True)  # a CLI test in this process may have set up
+    # the "cdae" logger with its own handler and propagate off; caplog listens at the root
 
     short = dataclasses.replace(params, train=dataclasses.replace(params.train, steps=4))
     train(short, dataset, tmp_path / "d", show_progress=False)
