@@ -80,11 +80,12 @@ _PATTERN_MEANINGS = (
      f"{_PIXEL_L1} between the factual image and the null intervention applied {{var}} "
      "times; 0 is perfect"),
     (re.compile(r"^reversibility_l1_(\d+)$"),
-     f"{_PIXEL_L1} between the factual image and {{var}} cycles of do(pa*) then do(pa); "
-     "0 is perfect"),
+     f"{_PIXEL_L1} between the factual image and the image after {{var}} cycle(s) of "
+     "do(pa*) then do(pa); 0 is perfect"),
     (re.compile(r"^reversibility_continuous_l1_(\d+)$"),
-     f"{_PIXEL_L1} between the factual image and {{var}} cycles of do(pa*) then do(pa) on the "
-     "continuous parents only (categorical parents, e.g. the digit, stay factual); 0 is perfect"),
+     f"{_PIXEL_L1} between the factual image and the image after {{var}} cycle(s) of "
+     "do(pa*) then do(pa) on the continuous parents only (categorical parents, e.g. the digit, "
+     "stay factual); 0 is perfect"),
     (re.compile(r"^predicted_(\w+)_mae$"),
      "mean |{var} PREDICTED on the image by q({var} | x, children) − target|{unit}; read it "
      "beside the predictor's own test error; lower is better"),
