@@ -303,7 +303,8 @@ def train(params: cfg.Params, dataset: Dataset, out_dir: Path, *,
         ck = load_checkpoint(source, map_location=device)
         if ck.get("config_hash") == chash and int(ck["step"]) <= tp.steps:
             ema.shadow = {k: v.to(device) for k, v in ck["ema"].items()}
-            if "model" in ck and "optimizer" in ck:
+            full = "model" in ck and "optimizer" in ck
+            if full:
                 model.load_state_dict(ck["model"])
                 opt.load_state_dict(ck["optimizer"])
             else:  # EMA weights alone (e.g. the model.pt scripts/gpu_run.sh returns): warm start
@@ -311,8 +312,7 @@ def train(params: cfg.Params, dataset: Dataset, out_dir: Path, *,
             start = int(ck["step"])
             log_rows = list(ck.get("log", []))
             if main:
-                log.info("resuming from %s at step %d%s", source, start,
-                         "" if "optimizer" in ck else
+                log.info("resuming from %s at step %d%s", source, start, "" if full else
                          " (EMA weights alone: the weights start from them, the optimizer afresh)")
         elif main:
             log.info("starting afresh: %s was written for other settings", source)
