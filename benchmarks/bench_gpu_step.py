@@ -6,8 +6,9 @@ Usage (from the repo root, on a CUDA machine):
 Times the bare training step of ``benchmarks.bench_train`` (forward, backward, AdamW on one fixed
 batch) under variants of memory format (NCHW / channels_last), bf16 autocast, batch size and
 ``torch.compile``, and prints ms/step, images/s and the ratio to the first row (the settings
-`cdae train` uses), and last the whole training loop (EMA, logging, batch indexing). Same batch size, twice the time = twice the cost; 4x the batch at about the
-same time = the step is bound by kernel launches and host work, not by the GPU's arithmetic.
+`cdae train` uses), and last the whole training loop (EMA, logging, batch indexing). Same batch
+size, twice the time = twice the cost; 4x the batch at about the same time = the step is bound
+by kernel launches and host work, not by the GPU's arithmetic.
 ``--trace`` adds a torch.profiler table of the baseline's most expensive ops (CUDA and host).
 """
 
@@ -121,7 +122,8 @@ def main() -> None:
         print(f"{v.name:40s} {s * 1e3:8.1f} ms/step {batch / s:9.0f} images/s "
               f"time x{s / base:5.2f}", flush=True)
     steps = 3 * args.steps  # the loop's first steps include cuDNN's algorithm search
-    tp = dataclasses.replace(params.train, steps=steps, log_every=min(params.train.log_every, steps),
+    tp = dataclasses.replace(params.train, steps=steps,
+                             log_every=min(params.train.log_every, steps),
                              checkpoint_every=10 * steps, device=config.Device.CUDA)
     loop = dataclasses.replace(params, train=tp)
     with tempfile.TemporaryDirectory() as tmp:
