@@ -3,12 +3,13 @@
 Usage (from the repo root, on a CUDA machine):
     python -m benchmarks.bench_gpu_step [--profile gpu] [--steps 30] [--trace]
 
-Times the bare training step of ``benchmarks.bench_train`` (forward, backward, AdamW on one fixed
-batch) under variants of memory format (NCHW / channels_last), bf16 autocast, batch size and
-``torch.compile``, and prints ms/step, images/s and the ratio to the first row (the settings
-`cdae train` uses), and last the whole training loop (EMA, logging, batch indexing). Same batch
-size, twice the time = twice the cost; 4x the batch at about the same time = the step is bound
-by kernel launches and host work, not by the GPU's arithmetic.
+Times the bare training step of ``benchmarks.bench_train`` (forward, backward, gradient
+clipping, AdamW on one fixed batch) under variants of memory format (NCHW / channels_last), bf16
+autocast, batch size and ``torch.compile`` of the UNet (``--compile``: default and CUDA-graph
+modes), and prints ms/step, images/s and the ratio to the first row (the settings `cdae train`
+uses); last, the whole training loop (EMA, logging, batch indexing) at the profile's settings.
+Same batch size, twice the time = twice the cost; 4x the batch at about the same time = the step
+is bound by kernel launches and host work, not by the GPU's arithmetic.
 ``--trace`` adds a torch.profiler table of the baseline's most expensive ops (CUDA and host).
 """
 
@@ -34,7 +35,7 @@ class Variant:
     channels_last: bool = True
     bf16: bool = True
     batch: int = 0  # 0 = the profile's train.batch_size
-    compile: bool = False
+    compile: str = ""  # torch.compile mode of the UNet ("" = eager)
 
 
 def sync(device: torch.device) -> None:
@@ -53,7 +54,7 @@ def run(params: config.Params, variant: Variant, steps: int, trace: bool = False
     if variant.channels_last:
         model.unet.to(memory_format=torch.channels_last)
     if variant.compile:
-        model.unet.compile()
+        model.unet.compile(mode=variant.compile)
     diffusion = make_diffusion(params).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=tp.lr)
     x0 = (torch.as_tensor(ds.images[:b], dtype=torch.float32) / 127.5 - 1.0).to(device)
@@ -94,7 +95,8 @@ def main() -> None:
     parser.add_argument("--profile", default="gpu")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--trace", action="store_true")
-    parser.add_argument("--compile", action="store_true", help="also time torch.compile")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time torch.compile of the UNet (default and CUDA-graph modes)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("error: no CUDA device; run this on a GPU machine")
@@ -109,9 +111,9 @@ def main() -> None:
                 Variant(f"as trained, batch {4 * b}", batch=4 * b),
                 Variant(f"NCHW, bf16, batch {4 * b}", channels_last=False, batch=4 * b)]
     if args.compile:
-        variants += [Variant("NCHW, bf16, compiled", channels_last=False, compile=True),
-                     Variant(f"NCHW, bf16, compiled, batch {4 * b}", channels_last=False,
-                             compile=True, batch=4 * b)]
+        variants += [Variant("as trained, UNet compiled", compile="default"),
+                     Variant("as trained, UNet compiled, CUDA graphs", compile="reduce-overhead"),
+                     Variant("NCHW, bf16, UNet compiled", channels_last=False, compile="default")]
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name(0)}, profile "
           f"{params.profile}, {args.steps} steps per variant", flush=True)
     base = None
