@@ -41,8 +41,8 @@ import numpy as np
 
 from cdae import config as cfg
 from cdae.atomic import write_text
-from cdae.metrics import (Phase, Protocol, accuracy, cycles, dci, draw_values, frechet_distance,
-                          l1, mae, mean_std, psnr, random_masks)
+from cdae.metrics import (Phase, Protocol, accuracy, conditional_ranks, cycles, dci, draw_values,
+                          frechet_distance, l1, mae, mean_std, off_support, psnr, random_masks)
 from cdae.progress import log
 from stages.report import Baseline
 from stages.train_predictors import PREDICTORS_FILE
@@ -170,6 +170,7 @@ class _Context:
         self.x = to_unit(self.x_np).to(engine.device)
         self.y = torch.as_tensor(ds.labels[rows], dtype=torch.float32, device=engine.device)
         self.categorical = [ds.graph.variable(m).is_categorical for m in self.names]
+        self.train_labels = ds.labels[ds.split == 0]  # the support a target is ranked in
         # the predictors' reading of the factual images (the identity a counterfactual keeps)
         self.pred_factual = (predictors.predict(self.x_np, self.labels)
                              if predictors is not None else {})
@@ -180,6 +181,20 @@ class _Context:
                         predictors=self.pred, rows=self.rows[:k], steps=self.steps,
                         guidance=self.guidance, abduction=self.abduction, t0=self.t0,
                         guidance_mode=self.guidance_mode)
+
+    def support_ranks(self, m: str, target: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Rank (N,) of each image's target of ``m`` among the train values of ``m`` at the
+        train examples with the nearest parent values (:func:`cdae.metrics.conditional_ranks`,
+        parents at their targets too)."""
+        graph = self.ds.graph
+        cols = [graph.index(p) for p in graph.parents(m)]
+        n = target[m].shape[0]
+        parents = (np.stack([target[p] for p in graph.parents(m)], 1) if cols
+                   else np.zeros((n, 0)))
+        return conditional_ranks(self.train_labels[:, graph.index(m)],
+                                 self.train_labels[:, cols], target[m], parents,
+                                 categorical=[self.categorical[c] for c in cols],
+                                 scale=np.asarray(self.ds.label_std, np.float64)[cols])
 
     def sub(self, d: Mapping[str, np.ndarray] | None, rows: np.ndarray):
         return None if d is None else {k: np.asarray(v)[rows] for k, v in d.items()}
@@ -310,7 +325,31 @@ def _attribute_rows(ctx: _Context, images: np.ndarray, s: Scored, rows: np.ndarr
             else:
                 out[f"predicted_{m}_mae"] = mae(predicted[m], target[m])
             values.setdefault(m, ("predicted", predicted[m]))
+        set_rows = s.masks[sel, j]
+        if m in values and not ctx.categorical[j] and set_rows.any():
+            out.update(_support_split(ctx, m, target, values[m], set_rows))
     return out, values
+
+
+def _support_split(ctx: _Context, m: str, target: Mapping[str, np.ndarray],
+                   scored: tuple[str, np.ndarray], set_rows: np.ndarray) -> dict[str, float]:
+    """The error on ``m`` over the images where the intervention set ``m``, split by whether
+    the set value lies in the train support of ``m`` given its (counterfactual) parents:
+    ``<v>_set_off_support`` (share off), ``<v>_set_mae_in_support``, ``<v>_set_mae_off_support``
+    (``predicted_<v>_...`` where the value is predicted, not measured)."""
+    kind, vals = scored
+    ranks = ctx.support_ranks(m, target)
+    off = off_support(ranks) & set_rows
+    on = set_rows & np.isfinite(ranks) & ~off
+    prefix = m if kind == "measured" else f"predicted_{m}"
+    out: dict[str, float] = {}
+    if on.any() or off.any():
+        out[f"{prefix}_set_off_support"] = float(off.sum() / (on.sum() + off.sum()))
+    if on.any():
+        out[f"{prefix}_set_mae_in_support"] = mae(vals[on], target[m][on])
+    if off.any():
+        out[f"{prefix}_set_mae_off_support"] = mae(vals[off], target[m][off])
+    return out
 
 
 def _frechet(ctx: _Context, ref: np.ndarray | None, images: np.ndarray,

@@ -118,6 +118,32 @@ def test_mean_std_over_seeds() -> None:
     assert M.mean_std([{"a": 1.0}]) == {"a": 1.0}
 
 
+def test_conditional_ranks_place_values_in_the_train_support_given_the_parents() -> None:
+    """Intensity rising with thickness (the Morpho-MNIST shape): a thin stroke at the
+    brightness of thick ones is off the support, the same value on a thick stroke is not, the
+    conditional median ranks 0.5; a root ranks in its marginal; a categorical parent must
+    match; unknown values rank NaN."""
+    rng = np.random.default_rng(0)
+    t = rng.uniform(1.0, 4.0, 4000)
+    i = 64 + 191 / (1 + np.exp(-2 * (t - 2.5) - 0.5 * rng.normal(size=4000)))
+    r = M.conditional_ranks(i, t[:, None], np.array([229.0, 229.0, 159.5, np.nan]),
+                            np.array([[1.6], [3.6], [2.5], [2.5]]))
+    assert r[0] == 1.0 and 0.2 < r[1] < 0.8 and r[2] == pytest.approx(0.5, abs=0.08)
+    assert np.isnan(r[3])
+    assert M.off_support(r).tolist() == [True, False, False, False]
+    root = M.conditional_ranks(t, np.zeros((4000, 0)), np.array([0.5, 2.5, 9.0]),
+                               np.zeros((3, 0)))
+    assert root[0] == 0.0 and root[1] == pytest.approx(0.5, abs=0.03) and root[2] == 1.0
+    # a categorical parent: class 1 holds only small values, class 0 only large ones
+    cls = np.repeat([0.0, 1.0], 500)
+    vals = np.where(cls == 0, 10.0, 0.0) + rng.normal(size=1000)
+    rk = M.conditional_ranks(vals, cls[:, None], np.array([10.0, 10.0]), np.array([[0.0], [1.0]]),
+                             categorical=[True])
+    assert rk[0] == pytest.approx(0.5, abs=0.1) and rk[1] == 1.0
+    assert np.isnan(M.conditional_ranks(vals, cls[:, None], np.array([1.0]), np.array([[7.0]]),
+                                        categorical=[True])[0])
+
+
 def test_accuracy_skips_unknown_targets_and_missing_predictions() -> None:
     assert M.accuracy(np.array([1, 2, -1, 3.0]), np.array([1, 0, 2, np.nan])) == 0.5
 

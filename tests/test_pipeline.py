@@ -105,6 +105,16 @@ def check_scorecard(project: Path, metrics: dict) -> None:
     # morphometrics' error), doing nothing misses them by the forced change
     truth = metrics["do_thickness_forced_true_mechanism"]["thickness_mae"]
     assert truth < 0.25 < metrics["do_thickness_forced_do_nothing"]["thickness_mae"]
+    # the error on the set value, split by the value's train support given the parents, on
+    # the images the variable was set on (every image of do(intensity)): the shares add up
+    for name in ("do_intensity", "do_intensity_true_mechanism", "random"):
+        row = metrics[name]
+        assert 0 <= row["intensity_set_off_support"] <= 1, name
+        assert {"intensity_set_mae_in_support", "intensity_set_mae_off_support"} & set(row), name
+    inside = "intensity_set_mae_in_support"  # the floor below the ceiling on the same images
+    assert (metrics["do_intensity_forced_true_mechanism"][inside]
+            < 0.25 * metrics["do_intensity_forced_do_nothing"][inside])
+    assert "thickness_set_off_support" not in metrics["do_intensity"]  # thickness was not set
     cycles = metrics["cycles"]
     assert {f"composition_l1_{m}" for m in (1, ep["composition_steps"])} <= set(cycles)
     for prefix in ("reversibility", "reversibility_continuous"):  # the digit is categorical
