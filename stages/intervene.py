@@ -120,6 +120,49 @@ def check_support(engine, do: dict[str, float], strict: bool) -> list[str]:
     return notes
 
 
+def conditional_support(ds: "Dataset", do: dict[str, float], parents_cf: np.ndarray
+                        ) -> dict[str, float]:
+    """Per intervened continuous variable with parents: the share (0..1) of the images whose set
+    value lies off the train support given the image's counterfactual parent values (outside
+    the central 98% of the variable's train values at the nearest train parents:
+    :func:`cdae.metrics.conditional_ranks`). parents_cf (N, K) raw. Roots are judged by the
+    marginal instead (:func:`check_support`)."""
+    from cdae.metrics import conditional_ranks, off_support
+
+    graph = ds.graph
+    train = ds.labels[ds.split == 0]
+    out: dict[str, float] = {}
+    for name in do:
+        parents = graph.parents(name)
+        if graph.variable(name).is_categorical or not parents or parents_cf.shape[0] == 0:
+            continue
+        j, cols = graph.index(name), [graph.index(p) for p in parents]
+        ranks = conditional_ranks(train[:, j], train[:, cols], parents_cf[:, j],
+                                  parents_cf[:, cols],
+                                  categorical=[graph.variable(p).is_categorical
+                                               for p in parents],
+                                  scale=np.asarray(ds.label_std, np.float64)[cols])
+        known = np.isfinite(ranks)
+        if known.any():
+            out[name] = float(off_support(ranks)[known].mean())
+    return out
+
+
+def support_notes(graph, do: dict[str, float], off: dict[str, float], n: int) -> list[str]:
+    """A warning per intervened variable whose set value is off the conditional train support
+    (``off``: :func:`conditional_support`) for some of the ``n`` images; logged and returned."""
+    notes = []
+    for name, share in off.items():
+        if share > 0:
+            parents = ", ".join(graph.parents(name))
+            msg = (f"{name}={do[name]:g} is off the train support given {parents} for "
+                   f"{share:.0%} of the {n} images (outside the central 98% of train {name} at "
+                   f"the nearest train {parents}): those counterfactuals are extrapolations")
+            log.warning(msg)
+            notes.append(msg)
+    return notes
+
+
 def check_compatible(engine, graph, where: str, model_path: Path,
                      image_shape: tuple[int, ...] | None = None) -> None:
     """DataError saying what differs when a checkpoint does not fit the graph or the images."""
@@ -364,15 +407,17 @@ def run(params: cfg.Params, do: dict[str, float], *, name: str | None = None,
                 bar.advance(sel.size)
             pf, pcf = dpf[()], dpc[()]
             f.attrs.update(_settings_attrs(s, name, FileKind.INTERVENTION))
+            off = conditional_support(ds, checked, pcf)
             f.attrs["do"] = json.dumps(checked)
             f.attrs.update(shard_attrs(s.shard, s.shard_rows, dict.fromkeys(
                 ("index", "factual", "counterfactual", "parents_factual", "parents_cf"), 0)))
+    notes = notes + support_notes(ds.graph, checked, off, int(rows.size))
     summary = {
         "name": name, "path": str(target), "kind": FileKind.INTERVENTION.value,
         "images": int(rows.size), "do": checked,
         "guidance": ip.guidance, "guidance_mode": ip.guidance_mode.value, "steps": ip.steps,
         "abduction": ip.abduction.value, **s.engine.sampling_attrs(),
-        "parents_from": ip.parents_from.value, "warnings": notes,
+        "parents_from": ip.parents_from.value, "warnings": notes, "off_support": off,
         "parents": {n: {"factual_mean": float(np.mean(pf[:, j])),
                         "counterfactual_mean": float(np.mean(pcf[:, j])),
                         "intervened": n in checked,
@@ -451,11 +496,20 @@ def run_sweep(params: cfg.Params, var: str, values: list[float], *, name: str | 
                     bar.advance(sel.size)
             pf, pcf = dpf[()], dpc[()]
             f.attrs.update(_settings_attrs(s, name, FileKind.SWEEP))
+            off = [conditional_support(ds, one, pcf[i]).get(var, 0.0)
+                   for i, one in enumerate(dos)]
             f.attrs["var"] = var
             f.attrs["do"] = json.dumps({var: [d[var] for d in dos]})
             f.attrs.update(shard_attrs(s.shard, s.shard_rows, {
                 "index": 0, "factual": 0, "parents_factual": 0, "counterfactual": 1,
                 "parents_cf": 1}))
+    far = [f"{var}={d[var]:g}: {share:.0%}" for d, share in zip(dos, off) if share > 0]
+    if far:
+        parents = ", ".join(engine.graph.parents(var))
+        notes = notes + [f"off the train support given {parents} (share of the {rows.size} "
+                         f"images; there the counterfactuals are extrapolations): "
+                         + ", ".join(far)]
+        log.warning(notes[-1])
     descendants = set(engine.graph.descendants([var]))
     variables = {}
     for j, n in enumerate(engine.graph.names):

@@ -194,6 +194,26 @@ def test_out_of_support_warns_and_strict_refuses(project: Path) -> None:
     assert not (project / "data/strict.h5").exists()
 
 
+def test_a_value_off_the_support_given_the_parents_is_named(project: Path) -> None:
+    """A set value the train data never shows with the images' parents (intensity far above
+    every train stroke) is flagged per image share, for one value and for a sweep; a root
+    (thickness) is judged by its marginal alone."""
+    r = run_cli(project, "intervene", "--var", "intensity", "--value", "400", "--max-images",
+                "3", "--steps", "2", "--out", "data/bright.h5", "--json")
+    assert r.returncode == 0, r.stderr
+    assert ("intensity=400 is off the train support given thickness for 100% of the 3 images"
+            in r.stderr)
+    assert json.loads(r.stdout)["off_support"] == {"intensity": 1.0}
+    r = run_cli(project, "intervene", "--var", "intensity", "--values", "400,500",
+                "--max-images", "2", "--steps", "2", "--out", "data/bright_sweep.h5")
+    assert r.returncode == 0, r.stderr
+    assert "intensity=400: 100%, intensity=500: 100%" in r.stdout
+    r = run_cli(project, "intervene", "--var", "thickness", "--value", "2.5", "--max-images",
+                "2", "--steps", "2", "--out", "data/mid.h5", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["off_support"] == {} and "off the train support" not in r.stderr
+
+
 def test_mismatched_checkpoint_says_what_differs(project: Path, tmp_path: Path) -> None:
     raw = yaml.safe_load((project / "params.yaml").read_text())
     raw["graph"]["variables"][1]["name"] = "brightness"
