@@ -221,6 +221,7 @@ class TrainParams:
     mechanism_weight: float = field(default=1.0, metadata=NON_NEGATIVE)
     mechanism_lr: float = field(default=5e-3, metadata=POSITIVE)  # mechanisms fit labels fast
     p_uncond: float = field(default=0.1, metadata=FRACTION)
+    p_block_drop: float = field(default=0.0, metadata=FRACTION)  # per-variable null blocks
     posterior_var_scale: float = field(default=0.001, metadata=NON_NEGATIVE)
     grad_clip: float = field(default=1.0, metadata=NON_NEGATIVE)
     checkpoint_every: int = field(default=500, metadata=POSITIVE)

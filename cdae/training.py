@@ -114,8 +114,14 @@ def compute_loss(model: CausalDiffAE, diffusion: GaussianDiffusion, x0: torch.Te
             else x0.new_zeros(()))
 
     c = model.condition(z, style)
+    null = model.null(b).to(c.dtype)
+    if tp.p_block_drop > 0:  # drawn only when on: the default run's random stream is unchanged
+        blocks = draw(torch.rand, model.k) < tp.p_block_drop  # (B, K)
+        cols = blocks.repeat_interleave(model.d, dim=1)  # (B, K*d); style columns stay
+        cols = torch.cat([cols, cols.new_zeros(b, c.shape[1] - cols.shape[1])], 1)
+        c = torch.where(cols, null, c)
     drop = draw(torch.rand) < tp.p_uncond
-    c = torch.where(drop.unsqueeze(1), model.null(b).to(c.dtype), c)
+    c = torch.where(drop.unsqueeze(1), null, c)
     t = draw(torch.randint, args=(0, diffusion.num_timesteps))
     noise = draw(torch.randn, *x0.shape[1:])
     x_t = diffusion.q_sample(x0, t, noise)

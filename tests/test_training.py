@@ -167,3 +167,33 @@ def test_empty_train_split(params, dataset, tmp_path: Path) -> None:
     with pytest.raises(DataError, match="the train split is empty"):
         train(params, only_test, tmp_path / "z", show_progress=False)
     assert not (tmp_path / "z/model.pt").exists()
+
+
+def test_block_dropout_replaces_whole_variable_blocks_with_the_null(params, dataset) -> None:
+    """train.p_block_drop: each (image, variable) block of the UNet condition is the null
+    condition's part or the image's own, never a mix inside a block; at 0 nothing changes."""
+    from cdae.training import build_model, compute_loss, make_diffusion
+
+    model = build_model(params, dataset.image_shape, dataset.label_mean, dataset.label_std)
+    diffusion = make_diffusion(params)
+    seen: list[torch.Tensor] = []
+    plain_eps = model.eps
+
+    def recording_eps(x_t, t, c):
+        seen.append(c.detach().clone())
+        return plain_eps(x_t, t, c)
+
+    model.eps = recording_eps  # type: ignore[method-assign]
+    b, k, d = 32, model.k, model.d
+    x0 = torch.rand(b, 1, 28, 28) * 2 - 1
+    y = torch.as_tensor(dataset.labels[:b], dtype=torch.float32)
+    mask = torch.ones(b, k, dtype=torch.bool)
+    null = model.null(b).detach()
+    for p in (0.0, 0.5):
+        tp = dataclasses.replace(params.train, p_uncond=0.0, p_block_drop=p)
+        compute_loss(model, diffusion, x0, y, mask, 0, tp, torch.Generator().manual_seed(0))
+    plain, dropped = (c.view(b, k, d) for c in seen)
+    is_null = (dropped == null.view(b, k, d)).all(-1)  # (B, K): the whole block is the null's
+    is_own = (dropped == plain).all(-1)
+    assert (is_null | is_own).all()
+    assert 0.3 < is_null.float().mean() < 0.7 and not (plain == null.view(b, k, d)).all(-1).any()
