@@ -92,6 +92,20 @@ def conditional_ranks(train_values: np.ndarray, train_parents: np.ndarray, value
     return out
 
 
+def variable_ranks(graph, name: str, train_labels: np.ndarray, label_std: np.ndarray,
+                   labels: np.ndarray) -> np.ndarray:
+    """:func:`conditional_ranks` of variable ``name`` of a causal graph: labels (N, K) raw (the
+    counterfactual values of every variable, in graph order) ranked among train_labels (M, K)
+    given the variable's parents, continuous parents scaled by ``label_std`` (K,)."""
+    j = graph.index(name)
+    cols = [graph.index(p) for p in graph.parents(name)]
+    return conditional_ranks(train_labels[:, j], train_labels[:, cols], labels[:, j],
+                             labels[:, cols],
+                             categorical=[graph.variable(p).is_categorical
+                                          for p in graph.parents(name)],
+                             scale=np.asarray(label_std, np.float64)[cols])
+
+
 def off_support(ranks: np.ndarray, tail: float = SUPPORT_TAIL) -> np.ndarray:
     """bool (N,): the rank is known and outside [tail, 1 - tail]."""
     r = np.asarray(ranks, np.float64)

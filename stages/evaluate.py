@@ -41,8 +41,8 @@ import numpy as np
 
 from cdae import config as cfg
 from cdae.atomic import write_text
-from cdae.metrics import (Phase, Protocol, accuracy, conditional_ranks, cycles, dci, draw_values,
-                          frechet_distance, l1, mae, mean_std, off_support, psnr, random_masks)
+from cdae.metrics import (Phase, Protocol, accuracy, cycles, dci, draw_values, frechet_distance,
+                          l1, mae, mean_std, off_support, psnr, random_masks, variable_ranks)
 from cdae.progress import log
 from stages.report import Baseline
 from stages.train_predictors import PREDICTORS_FILE
@@ -184,17 +184,9 @@ class _Context:
 
     def support_ranks(self, m: str, target: Mapping[str, np.ndarray]) -> np.ndarray:
         """Rank (N,) of each image's target of ``m`` among the train values of ``m`` at the
-        train examples with the nearest parent values (:func:`cdae.metrics.conditional_ranks`,
-        parents at their targets too)."""
-        graph = self.ds.graph
-        cols = [graph.index(p) for p in graph.parents(m)]
-        n = target[m].shape[0]
-        parents = (np.stack([target[p] for p in graph.parents(m)], 1) if cols
-                   else np.zeros((n, 0)))
-        return conditional_ranks(self.train_labels[:, graph.index(m)],
-                                 self.train_labels[:, cols], target[m], parents,
-                                 categorical=[self.categorical[c] for c in cols],
-                                 scale=np.asarray(self.ds.label_std, np.float64)[cols])
+        train examples with the nearest parent values (parents at their targets too)."""
+        labels = np.stack([target[n] for n in self.names], 1)
+        return variable_ranks(self.ds.graph, m, self.train_labels, self.ds.label_std, labels)
 
     def sub(self, d: Mapping[str, np.ndarray] | None, rows: np.ndarray):
         return None if d is None else {k: np.asarray(v)[rows] for k, v in d.items()}

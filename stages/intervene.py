@@ -127,21 +127,16 @@ def conditional_support(ds: "Dataset", do: dict[str, float], parents_cf: np.ndar
     the central 98% of the variable's train values at the nearest train parents:
     :func:`cdae.metrics.conditional_ranks`). parents_cf (N, K) raw. Roots are judged by the
     marginal instead (:func:`check_support`)."""
-    from cdae.metrics import conditional_ranks, off_support
+    from cdae.metrics import off_support, variable_ranks
 
     graph = ds.graph
     train = ds.labels[ds.split == 0]
     out: dict[str, float] = {}
     for name in do:
-        parents = graph.parents(name)
-        if graph.variable(name).is_categorical or not parents or parents_cf.shape[0] == 0:
+        if (graph.variable(name).is_categorical or not graph.parents(name)
+                or parents_cf.shape[0] == 0):
             continue
-        j, cols = graph.index(name), [graph.index(p) for p in parents]
-        ranks = conditional_ranks(train[:, j], train[:, cols], parents_cf[:, j],
-                                  parents_cf[:, cols],
-                                  categorical=[graph.variable(p).is_categorical
-                                               for p in parents],
-                                  scale=np.asarray(ds.label_std, np.float64)[cols])
+        ranks = variable_ranks(graph, name, train, ds.label_std, parents_cf)
         known = np.isfinite(ranks)
         if known.any():
             out[name] = float(off_support(ranks)[known].mean())
