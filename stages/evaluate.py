@@ -319,16 +319,38 @@ def _attribute_rows(ctx: _Context, images: np.ndarray, s: Scored, rows: np.ndarr
             values.setdefault(m, ("predicted", predicted[m]))
         set_rows = s.masks[sel, j]
         if m in values and not ctx.categorical[j] and set_rows.any():
-            out.update(_support_split(ctx, m, target, values[m], set_rows))
+            split, on, off = _support_split(ctx, m, target, values[m], set_rows)
+            out.update(split)
+            out.update(_categorical_by_support(ctx, m, target, predicted, on, off))
     return out, values
 
 
+def _categorical_by_support(ctx: _Context, m: str, target: Mapping[str, np.ndarray],
+                            predicted: Mapping[str, np.ndarray], on: np.ndarray,
+                            off: np.ndarray) -> dict[str, float]:
+    """Predicted accuracy of each categorical variable (e.g. the digit a do(intensity) must
+    keep) over the images where ``m`` was set in (``on``) and off (``off``) its train support:
+    ``predicted_<c>_accuracy_<m>_set_in_support`` / ``..._off_support``. Tells whether the
+    identity a counterfactual loses is lost where the decoder extrapolates."""
+    out: dict[str, float] = {}
+    for j, c in enumerate(ctx.names):
+        if not ctx.categorical[j] or c not in predicted:
+            continue
+        for side, rows in (("in", on), ("off", off)):
+            if rows.any():
+                out[f"predicted_{c}_accuracy_{m}_set_{side}_support"] = accuracy(
+                    predicted[c][rows], target[c][rows])
+    return out
+
+
 def _support_split(ctx: _Context, m: str, target: Mapping[str, np.ndarray],
-                   scored: tuple[str, np.ndarray], set_rows: np.ndarray) -> dict[str, float]:
+                   scored: tuple[str, np.ndarray], set_rows: np.ndarray
+                   ) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
     """The error on ``m`` over the images where the intervention set ``m``, split by whether
     the set value lies in the train support of ``m`` given its (counterfactual) parents:
     ``<v>_set_off_support`` (share off), ``<v>_set_mae_in_support``, ``<v>_set_mae_off_support``
-    (``predicted_<v>_...`` where the value is predicted, not measured)."""
+    (``predicted_<v>_...`` where the value is predicted, not measured). Also returns the bool
+    rows (N,) in and off the support."""
     kind, vals = scored
     ranks = ctx.support_ranks(m, target)
     off = off_support(ranks) & set_rows
@@ -341,7 +363,7 @@ def _support_split(ctx: _Context, m: str, target: Mapping[str, np.ndarray],
         out[f"{prefix}_set_mae_in_support"] = mae(vals[on], target[m][on])
     if off.any():
         out[f"{prefix}_set_mae_off_support"] = mae(vals[off], target[m][off])
-    return out
+    return out, on, off
 
 
 def _frechet(ctx: _Context, ref: np.ndarray | None, images: np.ndarray,

@@ -115,6 +115,10 @@ def check_scorecard(project: Path, metrics: dict) -> None:
     assert (metrics["do_intensity_forced_true_mechanism"][inside]
             < 0.25 * metrics["do_intensity_forced_do_nothing"][inside])
     assert "thickness_set_off_support" not in metrics["do_intensity"]  # thickness was not set
+    # the digit a do(intensity) keeps, split the same way
+    sides = [k for k in metrics["do_intensity"]
+             if k.startswith("predicted_digit_accuracy_intensity_set_") and "std" not in k]
+    assert sides and all(0 <= metrics["do_intensity"][k] <= 1 for k in sides)
     cycles = metrics["cycles"]
     assert {f"composition_l1_{m}" for m in (1, ep["composition_steps"])} <= set(cycles)
     for prefix in ("reversibility", "reversibility_continuous"):  # the digit is categorical
@@ -560,3 +564,21 @@ def test_gpu_run_script_without_dvc(tmp_path: Path) -> None:
     assert f"at step {ck['step']} (EMA weights alone" in log
     assert "kept models/predictors.pt" in log and "timing: predictors" not in log
     assert (tmp_path / "out2/metrics.json").is_file()
+
+
+def test_categorical_accuracy_is_split_by_the_set_value_support() -> None:
+    """A digit kept on the images in support and lost on those off it reads 1 and 0."""
+    from types import SimpleNamespace
+
+    from stages.evaluate import _categorical_by_support
+
+    ctx = SimpleNamespace(names=["thickness", "intensity", "digit"],
+                          categorical=[False, False, True])
+    target = {"digit": np.array([3.0, 5.0, 7.0, 1.0])}
+    predicted = {"digit": np.array([3, 5, 2, 4]), "intensity": np.zeros(4)}
+    on = np.array([True, True, False, False])
+    out = _categorical_by_support(ctx, "intensity", target, predicted, on, ~on)
+    assert out == {"predicted_digit_accuracy_intensity_set_in_support": 1.0,
+                   "predicted_digit_accuracy_intensity_set_off_support": 0.0}
+    none_off = _categorical_by_support(ctx, "intensity", target, predicted, on, np.zeros(4, bool))
+    assert set(none_off) == {"predicted_digit_accuracy_intensity_set_in_support"}
