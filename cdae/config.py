@@ -220,6 +220,7 @@ class TrainParams:
     kl_weight: float = field(default=1.0, metadata=NON_NEGATIVE)  # per-dim KL scale
     mechanism_weight: float = field(default=1.0, metadata=NON_NEGATIVE)
     mechanism_lr: float = field(default=5e-3, metadata=POSITIVE)  # mechanisms fit labels fast
+    mechanism_batch: int = field(default=1024, metadata=NON_NEGATIVE)  # train labels per step
     p_uncond: float = field(default=0.1, metadata=FRACTION)
     p_block_drop: float = field(default=0.0, metadata=FRACTION)  # per-variable null blocks
     posterior_var_scale: float = field(default=0.001, metadata=NON_NEGATIVE)

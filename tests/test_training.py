@@ -197,3 +197,24 @@ def test_block_dropout_replaces_whole_variable_blocks_with_the_null(params, data
     is_own = (dropped == plain).all(-1)
     assert (is_null | is_own).all()
     assert 0.3 < is_null.float().mean() < 0.7 and not (plain == null.view(b, k, d)).all(-1).any()
+
+
+def test_mechanisms_learn_from_the_whole_train_split(params, dataset) -> None:
+    """train.mechanism_batch > 0: the mechanisms' likelihood is taken on train labels drawn from
+    the reference, so it is the same whatever the image batch's labels are (even none); at 0
+    it is the image batch's, which has no labelled pair here and so contributes nothing."""
+    from cdae.training import build_model, mechanism_loss
+
+    model = build_model(params, dataset.image_shape, dataset.label_mean, dataset.label_std)
+    reference = model.normalise(torch.as_tensor(dataset.labels, dtype=torch.float32))
+    y = torch.zeros(8, model.k)
+    unlabelled = torch.zeros(8, model.k, dtype=torch.bool)
+    on = dataclasses.replace(params.train, mechanism_batch=64)
+    off = dataclasses.replace(params.train, mechanism_batch=0)
+    a = mechanism_loss(model, y, unlabelled, on, torch.Generator().manual_seed(0), reference)
+    b = mechanism_loss(model, y + 5, unlabelled, on, torch.Generator().manual_seed(0), reference)
+    assert torch.equal(a, b) and a.abs() > 0  # drawn from the reference, not the batch
+    with torch.no_grad():
+        whole = model.causal.mechanism_nll(reference, torch.isfinite(reference), reference)
+    assert abs(a.item() - whole.item()) < 0.5 * abs(whole.item()) + 0.5  # a sample of it
+    assert float(mechanism_loss(model, y, unlabelled, off, torch.Generator(), reference)) == 0.0
