@@ -21,6 +21,7 @@ from torch.nn import functional as F
 
 from cdae import config as cfg
 from cdae import distributed
+from cdae.causal import CausalLayer
 from cdae.checkpoint import config_hash, load_checkpoint, save_checkpoint
 from cdae.counterfactual import to_unit
 from cdae.dataset import Dataset, Split
@@ -122,7 +123,7 @@ def compute_loss(model: CausalDiffAE, diffusion: GaussianDiffusion, x0: torch.Te
     t = draw(torch.randint, args=(0, diffusion.num_timesteps))
     noise = draw(torch.randn, *x0.shape[1:])
     x_t = diffusion.q_sample(x0, t, noise)
-    mech = (mechanism_loss(model, y_norm, mask, tp, gen, reference) if tp.mechanism_weight > 0
+    mech = (mechanism_loss(model.causal, y_norm, mask, tp, gen, reference) if tp.mechanism_weight > 0
             else x0.new_zeros(()))
     with torch.autocast(device_type=dev.type, dtype=torch.bfloat16,
                         enabled=dev.type == "cuda" and tp.bf16):
@@ -133,7 +134,7 @@ def compute_loss(model: CausalDiffAE, diffusion: GaussianDiffusion, x0: torch.Te
     return LossParts(total, mse.detach(), kl.detach(), align.detach(), mech.detach())
 
 
-def mechanism_loss(model: CausalDiffAE, y_norm: torch.Tensor, mask: torch.Tensor,
+def mechanism_loss(causal: CausalLayer, y_norm: torch.Tensor, mask: torch.Tensor,
                    tp: cfg.TrainParams, gen: torch.Generator,
                    reference: torch.Tensor | None) -> torch.Tensor:
     """The mechanisms' label likelihood (scalar). With ``tp.mechanism_batch`` = M > 0 and the
@@ -147,8 +148,8 @@ def mechanism_loss(model: CausalDiffAE, y_norm: torch.Tensor, mask: torch.Tensor
         pick = torch.randint(0, reference.shape[0], (tp.mechanism_batch,), generator=gen,
                              device=gen.device).to(reference.device)
         labels = reference[pick]
-        return model.causal.mechanism_nll(labels, torch.isfinite(labels), reference)
-    return model.causal.mechanism_nll(y_norm, mask, reference)
+        return causal.mechanism_nll(labels, torch.isfinite(labels), reference)
+    return causal.mechanism_nll(y_norm, mask, reference)
 
 
 class EMA:
