@@ -86,13 +86,10 @@ _PATTERN_MEANINGS = (
      f"{_PIXEL_L1} between the factual image and the image after {{var}} cycle(s) of "
      "do(pa*) then do(pa) on the continuous parents only (categorical parents, e.g. the digit, "
      "stay factual); 0 is perfect"),
-    (re.compile(r"^predicted_(\w+)_accuracy_\w+_set_in_support$"),
+    (re.compile(r"^predicted_(\w+)_accuracy_\w+_set_(in|off)_support$"),
      "share of images whose {var} PREDICTED on the counterfactual equals the target, over the "
-     "images whose set value lies IN the train support given the parents; higher is better"),
-    (re.compile(r"^predicted_(\w+)_accuracy_\w+_set_off_support$"),
-     "share of images whose {var} PREDICTED on the counterfactual equals the target, over the "
-     "images whose set value lies OFF the train support given the parents (the decoder "
-     "extrapolates there); higher is better"),
+     "images whose set value lies in (in) or off (off; the decoder extrapolates there) the "
+     "train support given the parents; higher is better"),
     (re.compile(r"^predicted_(\w+)_set_mae_(in|off)_support$"),
      "mean |{var} PREDICTED by q({var} | x, ...) − set value|{unit} over the images whose set "
      "value lies in (in) or off (off) the train support given the parents; lower is better"),
