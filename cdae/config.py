@@ -270,7 +270,7 @@ class EvaluateParams:
     guidance: float = field(default=0.1, metadata=NON_NEGATIVE)
     seed: int = 0  # first seed of the intervention draws (seeds seed, seed+1, ...)
     seeds: int = field(default=3, metadata=POSITIVE)  # draws: rows report mean and std
-    cycle_images: int = field(default=2, metadata=NON_NEGATIVE)  # composition/reversibility
+    cycle_images: int = field(default=8, metadata=NON_NEGATIVE)  # composition/reversibility
     composition_steps: int = field(default=10, metadata=POSITIVE)  # m of the long null chain
     reversibility_cycles: int = field(default=5, metadata=POSITIVE)
     dci_images: int = field(default=1000, metadata=POSITIVE)  # train codes for the DCI fit
