@@ -98,9 +98,10 @@ def main() -> None:
     train = ds.indices(Split.TRAIN)
     reference = (torch.as_tensor(ds.labels[train], dtype=torch.float32) - mean) / std
     mp = params.model
-    print(f"label-only mechanism fit, {params.train.steps} steps, lr {params.train.mechanism_lr}, "
-          f"EMA {params.train.ema_decay}; parent counterfactual MAE on {ds.indices(Split.TEST).size} "
-          f"test labels (raw units)")
+    tp0 = params.train
+    print(f"label-only mechanism fit, {tp0.steps} steps, lr {tp0.mechanism_lr}, EMA "
+          f"{tp0.ema_decay}; parent counterfactual MAE on {ds.indices(Split.TEST).size} test "
+          "labels (raw units)")
     first = None
     for batch in (int(b) for b in args.batches.split(",")):
         tp = dataclasses.replace(params.train, mechanism_batch=batch)

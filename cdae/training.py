@@ -123,8 +123,8 @@ def compute_loss(model: CausalDiffAE, diffusion: GaussianDiffusion, x0: torch.Te
     t = draw(torch.randint, args=(0, diffusion.num_timesteps))
     noise = draw(torch.randn, *x0.shape[1:])
     x_t = diffusion.q_sample(x0, t, noise)
-    mech = (mechanism_loss(model.causal, y_norm, mask, tp, gen, reference) if tp.mechanism_weight > 0
-            else x0.new_zeros(()))
+    mech = (mechanism_loss(model.causal, y_norm, mask, tp, gen, reference)
+            if tp.mechanism_weight > 0 else x0.new_zeros(()))
     with torch.autocast(device_type=dev.type, dtype=torch.bfloat16,
                         enabled=dev.type == "cuda" and tp.bf16):
         eps = model.eps(x_t, t, c)
@@ -141,9 +141,9 @@ def mechanism_loss(causal: CausalLayer, y_norm: torch.Tensor, mask: torch.Tensor
     ``reference`` (N_train, K) standardised train labels, it is fitted on M labels drawn from
     the whole train split (with replacement, the same rows on every data-parallel rank), not
     on the image batch's (B, K) ``y_norm`` under ``mask``: labels cost nothing to evaluate, and
-    a 32-label batch leaves the fitted intensity mechanism noisy (measured on the default
-    profile's labels, 3 seeds: parent counterfactual error 1.3-1.4 against 0.37-0.65 with
-    1024; README, Concepts)."""
+    a 32-label batch leaves the fitted intensity mechanism noisy (default profile's labels,
+    3 seeds: intensity counterfactual error under do(thickness) 1.31-1.48 with 32 labels a
+    step against 0.36-0.59 with 1024; ``benchmarks/bench_mechanism_fit.py``)."""
     if tp.mechanism_batch and reference is not None and reference.shape[0]:
         pick = torch.randint(0, reference.shape[0], (tp.mechanism_batch,), generator=gen,
                              device=gen.device).to(reference.device)

@@ -211,10 +211,11 @@ def test_mechanisms_learn_from_the_whole_train_split(params, dataset) -> None:
     unlabelled = torch.zeros(8, model.k, dtype=torch.bool)
     on = dataclasses.replace(params.train, mechanism_batch=64)
     off = dataclasses.replace(params.train, mechanism_batch=0)
-    a = mechanism_loss(model.causal, y, unlabelled, on, torch.Generator().manual_seed(0), reference)
-    b = mechanism_loss(model.causal, y + 5, unlabelled, on, torch.Generator().manual_seed(0), reference)
+    causal = model.causal
+    a = mechanism_loss(causal, y, unlabelled, on, torch.Generator().manual_seed(0), reference)
+    b = mechanism_loss(causal, y + 5, unlabelled, on, torch.Generator().manual_seed(0), reference)
     assert torch.equal(a, b) and a.abs() > 0  # drawn from the reference, not the batch
     with torch.no_grad():
         whole = model.causal.mechanism_nll(reference, torch.isfinite(reference), reference)
     assert abs(a.item() - whole.item()) < 0.5 * abs(whole.item()) + 0.5  # a sample of it
-    assert float(mechanism_loss(model.causal, y, unlabelled, off, torch.Generator(), reference)) == 0.0
+    assert float(mechanism_loss(causal, y, unlabelled, off, torch.Generator(), reference)) == 0.0
