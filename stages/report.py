@@ -93,20 +93,14 @@ _PATTERN_MEANINGS = (
     (re.compile(r"^predicted_(\w+)_set_mae_(in|off)_support$"),
      "mean |{var} PREDICTED by q({var} | x, ...) − set value|{unit} over the images whose set "
      "value lies in (in) or off (off) the train support given the parents; lower is better"),
-    (re.compile(r"^predicted_(\w+)_set_off_support$"),
-     "share of the images whose {var} the intervention set where the set value lies outside "
-     "the central 98% of train {var} values at the 200 train images with the nearest parent "
-     "values"),
-    (re.compile(r"^(\w+)_set_off_support$"),
+    (re.compile(r"^(?:predicted_)?(\w+)_set_off_support$"),
      "share of the images whose {var} the intervention set where the set value lies outside "
      "the central 98% of train {var} values at the 200 train images with the nearest parent "
      "values (a combination, e.g. a thin but bright stroke, that training hardly saw)"),
-    (re.compile(r"^(\w+)_set_mae_in_support$"),
-     "mean |{var} measured − set value|{unit} over the images whose set value lies IN the "
-     "train support given the parents (see _set_off_support); lower is better"),
-    (re.compile(r"^(\w+)_set_mae_off_support$"),
-     "mean |{var} measured − set value|{unit} over the images whose set value lies OFF the "
-     "train support given the parents: the model extrapolates there; lower is better"),
+    (re.compile(r"^(\w+)_set_mae_(in|off)_support$"),
+     "mean |{var} measured − set value|{unit} over the images whose set value lies in (in) or "
+     "off (off; the model extrapolates there) the train support given the parents (see "
+     "_set_off_support); lower is better"),
     (re.compile(r"^predicted_(\w+)_mae$"),
      "mean |{var} PREDICTED on the image by q({var} | x, children) − target|{unit}; read it "
      "beside the predictor's own test error; lower is better"),
