@@ -21,6 +21,14 @@ def mae(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a[ok] - b[ok]).mean()) if ok.any() else float("nan")
 
 
+def bias(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean signed error a - b over finite pairs (NaN-safe): which way an error leans."""
+    a = np.asarray(a, np.float64).ravel()
+    b = np.asarray(b, np.float64).ravel()
+    ok = np.isfinite(a) & np.isfinite(b)
+    return float((a[ok] - b[ok]).mean()) if ok.any() else float("nan")
+
+
 def accuracy(pred: np.ndarray, target: np.ndarray) -> float:
     """Share of equal classes over pairs with a known target and a prediction (class >= 0)."""
     p = np.asarray(pred, np.float64).ravel()

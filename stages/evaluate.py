@@ -41,8 +41,9 @@ import numpy as np
 
 from cdae import config as cfg
 from cdae.atomic import write_text
-from cdae.metrics import (Phase, Protocol, accuracy, cycles, dci, draw_values, frechet_distance,
-                          l1, mae, mean_std, off_support, psnr, random_masks, variable_ranks)
+from cdae.metrics import (Phase, Protocol, accuracy, bias, cycles, dci, draw_values,
+                          frechet_distance, l1, mae, mean_std, off_support, psnr, random_masks,
+                          variable_ranks)
 from cdae.progress import log
 from stages.report import Baseline
 from stages.train_predictors import PREDICTORS_FILE
@@ -306,6 +307,8 @@ def _attribute_rows(ctx: _Context, images: np.ndarray, s: Scored, rows: np.ndarr
             continue
         if m in ctx.plan.measurable and measured is not None:
             out[f"{m}_mae"] = mae(measured[m], target[m])
+            if not ctx.categorical[j]:
+                out[f"{m}_bias"] = bias(measured[m], target[m])
             values[m] = ("measured", measured[m])
         if m in predicted:
             if ctx.categorical[j]:
@@ -390,6 +393,11 @@ def model_row(ctx: _Context, s: Scored, measured_factual: dict[str, np.ndarray],
     row["l1_to_factual"] = l1(s.x_cf, ctx.x_np)
     for m in ctx.plan.measurable:
         row[f"{m}_moved"] = mae(measured[m], measured_factual[m])
+        j = ctx.names.index(m)
+        if not ctx.categorical[j] and np.isfinite(s.target[m]).any():
+            # the decoder's own error: the image against what its latent stands for (the set
+            # value where m was intervened on, else the learned mechanisms' value)
+            row[f"{m}_render_mae"] = mae(measured[m], s.believed[:, j])
     for j, m in enumerate(ctx.names):
         if ctx.categorical[j] or not np.isfinite(s.target[m]).any():
             continue

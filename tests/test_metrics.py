@@ -144,6 +144,13 @@ def test_conditional_ranks_place_values_in_the_train_support_given_the_parents()
                                         categorical=[True])[0])
 
 
+def test_bias_keeps_the_sign_that_mae_drops_and_skips_unmeasured_pairs() -> None:
+    a, b = np.array([3.0, 5.0, np.nan, 1.0]), np.array([1.0, 1.0, 0.0, 2.0])
+    assert M.bias(a, b) == pytest.approx(5 / 3) and M.mae(a, b) == pytest.approx(7 / 3)
+    assert M.bias(b, a) == pytest.approx(-5 / 3)
+    assert np.isnan(M.bias(np.array([np.nan]), np.array([1.0])))
+
+
 def test_accuracy_skips_unknown_targets_and_missing_predictions() -> None:
     assert M.accuracy(np.array([1, 2, -1, 3.0]), np.array([1, 0, 2, np.nan])) == 0.5
 

@@ -119,6 +119,17 @@ def check_scorecard(project: Path, metrics: dict) -> None:
     sides = [k for k in metrics["do_intensity"]
              if k.startswith("predicted_digit_accuracy_intensity_set_") and "std" not in k]
     assert sides and all(0 <= metrics["do_intensity"][k] <= 1 for k in sides)
+    # the propagated error splits into the decoder's and the mechanisms' (triangle inequality
+    # per image, so also for the means); where intensity is set, the latent stands for the set
+    # value, so the decoder's error is the whole error
+    for name in ("do_thickness", "do_thickness_forced"):
+        row = metrics[name]
+        assert row["intensity_mae"] <= (row["intensity_render_mae"]
+                                        + row["parent_intensity_mae_labels"] + 1e-6), name
+        assert abs(row["intensity_bias"]) <= row["intensity_mae"] + 1e-9, name
+    row = metrics["do_intensity"]
+    assert row["intensity_render_mae"] == pytest.approx(row["intensity_mae"], rel=0.01, abs=0.05)
+    assert "intensity_render_mae" not in metrics["do_intensity_do_nothing"]
     cycles = metrics["cycles"]
     assert {f"composition_l1_{m}" for m in (1, ep["composition_steps"])} <= set(cycles)
     for prefix in ("reversibility", "reversibility_continuous"):  # the digit is categorical
