@@ -107,6 +107,13 @@ class NoiseSchedule(str, enum.Enum):
     COSINE = "cosine"
 
 
+class LrSchedule(str, enum.Enum):
+    """Learning rate over the ``train.steps`` of a run (both AdamW groups alike)."""
+
+    CONSTANT = "constant"
+    COSINE = "cosine"  # lr * (1 + cos(pi * step / steps)) / 2: from lr down to 0 at the end
+
+
 class Device(str, enum.Enum):
     AUTO = "auto"
     CPU = "cpu"
@@ -213,6 +220,7 @@ class TrainParams:
     steps: int = field(default=3000, metadata=POSITIVE)
     batch_size: int = field(default=64, metadata=POSITIVE)
     lr: float = field(default=5e-4, metadata=POSITIVE)
+    lr_schedule: LrSchedule = LrSchedule.CONSTANT
     weight_decay: float = field(default=0.0, metadata=NON_NEGATIVE)
     ema_decay: float = field(default=0.999, metadata=FRACTION)
     beta_max: float = field(default=1.0, metadata=NON_NEGATIVE)

@@ -62,6 +62,14 @@ def beta_at(step: int, tp: cfg.TrainParams) -> float:
     return tp.beta_max * min(1.0, step / tp.beta_warmup_steps)
 
 
+def lr_factor(step: int, tp: cfg.TrainParams) -> float:
+    """Multiplier of train.lr and train.mechanism_lr for the update made at ``step`` (0-based)
+    of a run of ``tp.steps``: 1 (constant) or (1 + cos(pi step / steps)) / 2 (cosine)."""
+    if tp.lr_schedule is cfg.LrSchedule.CONSTANT:
+        return 1.0
+    return 0.5 * (1.0 + math.cos(math.pi * min(step, tp.steps) / tp.steps))
+
+
 @dataclass
 class LossParts:
     """The loss (with its graph) and its parts, detached 0-dim tensors on the loss's device: no
@@ -383,6 +391,9 @@ def train(params: cfg.Params, dataset: Dataset, out_dir: Path, *,
             loss.backward()
             if tp.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), tp.grad_clip)
+            factor = lr_factor(step, tp)
+            for group, base in zip(opt.param_groups, (tp.lr, tp.mechanism_lr)):
+                group["lr"] = base * factor
             opt.step()
             ema.update(model, step)
             step += 1

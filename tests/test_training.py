@@ -219,3 +219,20 @@ def test_mechanisms_learn_from_the_whole_train_split(params, dataset) -> None:
         whole = model.causal.mechanism_nll(reference, torch.isfinite(reference), reference)
     assert abs(a.item() - whole.item()) < 0.5 * abs(whole.item()) + 0.5  # a sample of it
     assert float(mechanism_loss(causal, y, unlabelled, off, torch.Generator(), reference)) == 0.0
+
+
+def test_cosine_schedule_runs_from_lr_to_zero_and_reaches_the_optimizer(
+        params, dataset, tmp_path: Path) -> None:
+    from cdae.training import lr_factor
+
+    tp = dataclasses.replace(params.train, lr_schedule=config.LrSchedule.COSINE)
+    assert [lr_factor(s, tp) for s in (0, 3, 6)] == pytest.approx([1.0, 0.5, 0.0], abs=1e-12)
+    assert lr_factor(3, params.train) == 1.0  # constant: the default
+    cosine = dataclasses.replace(params, train=tp)
+    train(cosine, dataset, tmp_path / "cos", show_progress=False)
+    groups = load_checkpoint(tmp_path / "cos/model.pt")["optimizer"]["param_groups"]
+    last = lr_factor(tp.steps - 1, tp)  # the factor of the last update
+    assert [g["lr"] for g in groups] == pytest.approx([tp.lr * last, tp.mechanism_lr * last])
+    train(params, dataset, tmp_path / "const", show_progress=False)
+    a, b = weights(tmp_path / "cos/model.pt"), weights(tmp_path / "const/model.pt")
+    assert not all(torch.equal(a[k], b[k]) for k in a)
