@@ -135,10 +135,10 @@ _PATTERN_MEANINGS = (
     (re.compile(r"^(\w+)_render_mae$"),
      "mean |{var} measured on the counterfactual − the value its latent stands for|{unit} "
      "(the set value if {var} is intervened on, else the learned mechanisms' value): the "
-     "decoder's own error, the mechanisms' excluded (<v>_mae <= this + parent_<v>_mae_labels "
-     "where {var} is not set); lower is better"),
+     "decoder's own error, the mechanisms' excluded ({var}_mae <= this + "
+     "parent_{var}_mae_labels where {var} is not set); lower is better"),
     (re.compile(r"^(\w+)_bias$"),
-     "mean ({var} measured on the image − target){unit}: the sign says which way <v>_mae "
+     "mean ({var} measured on the image − target){unit}: the sign says which way {var}_mae "
      "leans (0 = no systematic error)"),
     (re.compile(r"^(\w+)_moved$"),
      "mean |{var} measured on the counterfactual − on the factual image|{unit}: how far the "
