@@ -21,7 +21,7 @@ import torch
 from cdae import config as cfg
 from cdae.checkpoint import load_checkpoint
 from cdae.diffusion import GaussianDiffusion, guided_eps_fn
-from cdae.errors import DataError, InterventionError
+from cdae.errors import ConfigError, DataError, InterventionError
 from cdae.graph import CausalGraph
 from cdae.model import CausalDiffAE
 
@@ -176,7 +176,7 @@ class CounterfactualEngine:
     def __init__(self, model: CausalDiffAE, diffusion: GaussianDiffusion,
                  label_quantiles: np.ndarray | None = None, step: int = 0,
                  inversion_iters: int = 1, solver: cfg.Solver = cfg.Solver.DDIM,
-                 spacing: cfg.Spacing = cfg.Spacing.UNIFORM) -> None:
+                 spacing: cfg.Spacing = cfg.Spacing.UNIFORM, null_trained: bool = True) -> None:
         self.model = model.eval()
         self.diffusion = diffusion
         self.graph = model.graph
@@ -186,6 +186,9 @@ class CounterfactualEngine:
         self.inversion_iters = inversion_iters  # fixed-point refinements per inversion step
         self.solver = cfg.Solver(solver)  # ODE solver of inversion and decoding
         self.spacing = cfg.Spacing(spacing)  # their timestep grid
+        # whether training ever showed the learned null condition (train.p_uncond or p_block_drop
+        # > 0): classifier-free (unconditional) guidance needs it
+        self.null_trained = null_trained
 
     def set_sampling(self, dp: cfg.DiffusionParams) -> None:
         """Use the sampling settings of ``dp`` (inversion_iters, solver, spacing): they are not
@@ -229,7 +232,8 @@ class CounterfactualEngine:
         model.to(device)
         q = ck.get("label_quantiles")
         engine = cls(model, make_diffusion(params).to(device),
-                     np.asarray(q) if q is not None else None, int(ck.get("step", 0)))
+                     np.asarray(q) if q is not None else None, int(ck.get("step", 0)),
+                     null_trained=params.train.p_uncond > 0 or params.train.p_block_drop > 0)
         engine.set_sampling(params.diffusion)
         return engine
 
@@ -312,6 +316,12 @@ class CounterfactualEngine:
         ``guidance_mode`` NULL: eps~ = eps(c_cf) + s (eps(c_cf) - eps(null)) (classifier-free);
         FACTUAL: eps~ = eps(c_cf) + s (eps(c_cf) - eps(c)), c the factual condition: it
         amplifies only what the intervention changed (one doubled-batch forward either way)."""
+        if (guidance_mode is cfg.GuidanceMode.UNCONDITIONAL and guidance != 0
+                and not self.null_trained):
+            raise ConfigError("guidance_mode unconditional needs the learned null condition, "
+                              "but this model was trained with train.p_uncond 0",
+                              hint="use guidance_mode factual, guidance 0, or retrain with "
+                              "train.p_uncond > 0")
         c = self.model.condition(z_cf, factual.style)
         ref = (self.model.null_cond if guidance_mode is cfg.GuidanceMode.UNCONDITIONAL
                else self.model.condition(factual.z, factual.style))

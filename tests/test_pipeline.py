@@ -495,6 +495,7 @@ def test_factual_guidance_leaves_a_null_intervention_exact(project: Path) -> Non
     from cdae.config import Abduction, GuidanceMode
     from cdae.counterfactual import CounterfactualEngine, to_unit
     from cdae.dataset import read_dataset
+    from cdae.errors import ConfigError
 
     engine = CounterfactualEngine.load(project / "models/model.pt")
     ds = read_dataset(project / "data/dataset.h5")
@@ -512,6 +513,12 @@ def test_factual_guidance_leaves_a_null_intervention_exact(project: Path) -> Non
     z_cf = engine.intervene(fact, {"thickness": 4.0})
     changed = decode(z_cf, 2.0, GuidanceMode.FACTUAL) - decode(z_cf, 0.0, GuidanceMode.FACTUAL)
     assert changed.abs().max() > 1e-3  # a real intervention is amplified
+    # a model trained without the null condition (train.p_uncond 0) has no unconditional mode
+    assert engine.null_trained  # the tiny profile trains it
+    engine.null_trained = False
+    with pytest.raises(ConfigError, match="train.p_uncond 0"):
+        decode(z_cf, 2.0, GuidanceMode.UNCONDITIONAL)
+    assert decode(z_cf, 2.0, GuidanceMode.FACTUAL).shape == z_cf.shape[:1] + (1, 28, 28)
 
 
 def test_cli_solver_and_spacing_reach_the_counterfactuals(project: Path) -> None:
