@@ -1,7 +1,7 @@
 """Benchmark training: images/s, and the overhead of cdae's full training step over a bare one.
 
 Usage (from the repo root): python -m benchmarks.bench_train [--profile default] [--steps 20]
-       [--rounds 3] [--threads 2] [--device cpu|cuda]
+       [--rounds 3] [--threads 2] [--device cpu|cuda] [--bf16-cpu]
 
 On a GPU (``--device cuda --profile gpu``) the gap between "full" and "bare" is what the loop's
 host read-backs and per-step Python cost: "bare" reads nothing back either.
@@ -79,6 +79,24 @@ def full(params: config.Params, ds: Dataset, out: Path) -> tuple[float, float]:
     return result.seconds, total
 
 
+def compare_bf16_cpu(params: config.Params, ds: Dataset, steps: int, rounds: int) -> None:
+    """Best-of-``rounds`` full-loop step time with bf16 autocast on the CPU off and on."""
+    best: dict[bool, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(rounds):
+            for on in (False, True):
+                p = dataclasses.replace(params, train=dataclasses.replace(params.train,
+                                                                           bf16_cpu=on))
+                loop, _ = full(p, ds, Path(tmp) / f"r{r}{on}")
+                best[on] = min(best.get(on, loop), loop)
+                print(f"round {r}: bf16_cpu {on}: {loop / steps * 1e3:.1f} ms/step", flush=True)
+    b = params.train.batch_size
+    for on in (False, True):
+        print(f"bf16_cpu {str(on):5s} {best[on] / steps * 1e3:8.1f} ms/step "
+              f"{b * steps / best[on]:8.1f} images/s")
+    print(f"time with bf16 autocast / without: x{best[True] / best[False]:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default=None)
@@ -88,6 +106,9 @@ def main() -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--checkpoint-every", type=int, default=10,
                         help="checkpoint period inside the timed loop (params default: 500)")
+    parser.add_argument("--bf16-cpu", action="store_true",
+                        help="instead: the full loop with train.bf16_cpu off and on (CPU), the "
+                        "ratio of their step times")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -101,6 +122,9 @@ def main() -> None:
     print(f"torch {torch.__version__}, {args.device}, threads {torch.get_num_threads()}, profile "
           f"{params.profile}, batch {tp.batch_size}, {args.steps} steps per round, checkpoint "
           f"every {args.checkpoint_every} steps")
+    if args.bf16_cpu:
+        compare_bf16_cpu(params, ds, args.steps, args.rounds)
+        return
     bare_s, full_s = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):

@@ -238,6 +238,7 @@ class TrainParams:
     log_every: int = field(default=50, metadata=POSITIVE)
     device: Device = Device.AUTO
     bf16: bool = True  # autocast on CUDA only
+    bf16_cpu: bool = False  # autocast on the CPU too (fast only with native bf16: AVX512-BF16/AMX)
     compile: bool = False
     threads: int = field(default=0, metadata=NON_NEGATIVE)  # torch CPU threads, 0 = all cores
     seed: int = 0
