@@ -236,3 +236,28 @@ def test_cosine_schedule_runs_from_lr_to_zero_and_reaches_the_optimizer(
     train(params, dataset, tmp_path / "const", show_progress=False)
     a, b = weights(tmp_path / "cos/model.pt"), weights(tmp_path / "const/model.pt")
     assert not all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bf16_cpu_autocasts_the_unet_and_stays_reproducible(params, dataset, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch
+                                                             ) -> None:
+    seen: list[torch.dtype] = []
+    from cdae.unet import UNet
+
+    original = UNet.forward
+
+    def spy(self, x, t, cond):
+        out = original(self, x, t, cond)
+        seen.append(out.dtype)
+        return out
+
+    monkeypatch.setattr(UNet, "forward", spy)
+    on = dataclasses.replace(params, train=dataclasses.replace(params.train, bf16_cpu=True))
+    train(on, dataset, tmp_path / "a", show_progress=False)
+    assert seen and set(seen) == {torch.bfloat16}
+    train(on, dataset, tmp_path / "b", show_progress=False)  # same seed, same weights
+    a, b = weights(tmp_path / "a/model.pt"), weights(tmp_path / "b/model.pt")
+    assert all(torch.equal(a[k], b[k]) and a[k].dtype == torch.float32 for k in a)
+    seen.clear()
+    train(params, dataset, tmp_path / "c", show_progress=False)  # the default: fp32
+    assert set(seen) == {torch.float32}
