@@ -13,20 +13,24 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 
-def mae(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean absolute error over finite pairs (NaN-safe: unmeasurable images are skipped)."""
+def _finite_differences(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a - b (flattened, float64) over the pairs where both are finite."""
     a = np.asarray(a, np.float64).ravel()
     b = np.asarray(b, np.float64).ravel()
     ok = np.isfinite(a) & np.isfinite(b)
-    return float(np.abs(a[ok] - b[ok]).mean()) if ok.any() else float("nan")
+    return a[ok] - b[ok]
+
+
+def mae(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean absolute error over finite pairs (NaN-safe: unmeasurable images are skipped)."""
+    d = _finite_differences(a, b)
+    return float(np.abs(d).mean()) if d.size else float("nan")
 
 
 def bias(a: np.ndarray, b: np.ndarray) -> float:
     """Mean signed error a - b over finite pairs (NaN-safe): which way an error leans."""
-    a = np.asarray(a, np.float64).ravel()
-    b = np.asarray(b, np.float64).ravel()
-    ok = np.isfinite(a) & np.isfinite(b)
-    return float((a[ok] - b[ok]).mean()) if ok.any() else float("nan")
+    d = _finite_differences(a, b)
+    return float(d.mean()) if d.size else float("nan")
 
 
 def accuracy(pred: np.ndarray, target: np.ndarray) -> float:

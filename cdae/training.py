@@ -133,7 +133,7 @@ def compute_loss(model: CausalDiffAE, diffusion: GaussianDiffusion, x0: torch.Te
     x_t = diffusion.q_sample(x0, t, noise)
     mech = (mechanism_loss(model.causal, y_norm, mask, tp, gen, reference)
             if tp.mechanism_weight > 0 else x0.new_zeros(()))
-    bf16 = tp.bf16 if dev.type == "cuda" else tp.bf16_cpu and dev.type == "cpu"
+    bf16 = {"cuda": tp.bf16, "cpu": tp.bf16_cpu}.get(dev.type, False)
     with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=bf16):
         eps = model.eps(x_t, t, c)
     mse = F.mse_loss(eps.float(), noise)

@@ -393,14 +393,13 @@ def model_row(ctx: _Context, s: Scored, measured_factual: dict[str, np.ndarray],
     row["l1_to_factual"] = l1(s.x_cf, ctx.x_np)
     for m in ctx.plan.measurable:
         row[f"{m}_moved"] = mae(measured[m], measured_factual[m])
-        j = ctx.names.index(m)
-        if not ctx.categorical[j] and np.isfinite(s.target[m]).any():
-            # the decoder's own error: the image against what its latent stands for (the set
-            # value where m was intervened on, else the learned mechanisms' value)
-            row[f"{m}_render_mae"] = mae(measured[m], s.believed[:, j])
     for j, m in enumerate(ctx.names):
         if ctx.categorical[j] or not np.isfinite(s.target[m]).any():
             continue
+        if m in measured:
+            # the decoder's own error: the image against what its latent stands for (the set
+            # value where m was intervened on, else the learned mechanisms' value)
+            row[f"{m}_render_mae"] = mae(measured[m], s.believed[:, j])
         free = ~s.masks[:, j]  # images where m is not intervened on: the mechanisms' work
         if free.any():
             row[f"parent_{m}_mae_labels"] = mae(s.believed[free, j], s.target[m][free])
