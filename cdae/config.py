@@ -114,6 +114,13 @@ class LrSchedule(str, enum.Enum):
     COSINE = "cosine"  # lr * (1 + cos(pi * step / steps)) / 2: from lr down to 0 at the end
 
 
+class LossWeighting(str, enum.Enum):
+    """Weight of each training timestep's noise-prediction error."""
+
+    UNIFORM = "uniform"  # every t alike (Ho et al. 2020's simple loss)
+    MIN_SNR = "min_snr"  # min(SNR_t, gamma) / SNR_t (Hang et al. 2023, Min-SNR-gamma)
+
+
 class Device(str, enum.Enum):
     AUTO = "auto"
     CPU = "cpu"
@@ -221,6 +228,8 @@ class TrainParams:
     batch_size: int = field(default=64, metadata=POSITIVE)
     lr: float = field(default=5e-4, metadata=POSITIVE)
     lr_schedule: LrSchedule = LrSchedule.CONSTANT
+    loss_weighting: LossWeighting = LossWeighting.UNIFORM
+    min_snr_gamma: float = field(default=5.0, metadata=POSITIVE)  # gamma of min_snr
     weight_decay: float = field(default=0.0, metadata=NON_NEGATIVE)
     ema_decay: float = field(default=0.999, metadata=FRACTION)
     beta_max: float = field(default=1.0, metadata=NON_NEGATIVE)

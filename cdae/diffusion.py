@@ -187,6 +187,19 @@ class GaussianDiffusion:
             + _gather(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
         )
 
+    def snr(self, t: Tensor) -> Tensor:
+        """Signal-to-noise ratio alpha_bar_t / (1 - alpha_bar_t) of timesteps t (B,) long -> (B,)."""
+        ab = self.alphas_cumprod.to(t.device)[t]
+        return ab / (1.0 - ab)
+
+    def min_snr_weight(self, t: Tensor, gamma: float) -> Tensor:
+        """Min-SNR-gamma weight of the epsilon-prediction error (Hang et al. 2023):
+        min(SNR_t, gamma) / SNR_t, (B,) in (0, 1]; 1 wherever SNR_t <= gamma (noisy t), falling
+        as gamma / SNR_t towards the clean image, where predicting the noise is easy and its
+        error says little about x0."""
+        snr = self.snr(t)
+        return torch.clamp(snr, max=gamma) / snr
+
     def training_loss(
         self, model_fn: EpsFn, x0: Tensor, t: Tensor, noise: Tensor | None = None
     ) -> Tensor:

@@ -17,7 +17,6 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 from cdae import config as cfg
 from cdae import distributed
@@ -90,8 +89,9 @@ def compute_loss(model: CausalDiffAE, diffusion: GaussianDiffusion, x0: torch.Te
     """The per-batch loss of METHOD.md.
 
     x0 (B, C, H, W) in [-1, 1]; y (B, K) raw labels; mask (B, K) bool, the FIXED label mask.
-    L = mse + beta(step) * kl_weight * [KL(q(u|x) || N(0, I)) + sum_i m_i KL_i(align)]
-        + mechanism_weight * NLL(mechanisms on labels). KLs are means over dimensions.
+    L = w_t mse + beta(step) * kl_weight * [KL(q(u|x) || N(0, I)) + sum_i m_i KL_i(align)]
+        + mechanism_weight * NLL(mechanisms on labels). KLs are means over dimensions; w_t = 1, or
+    min(SNR_t, gamma) / SNR_t under ``loss_weighting: min_snr``; ``mse`` reported is unweighted.
     Data-parallel: the rows are ``shard`` of a ``global_batch``; the random numbers are drawn for
     the whole global batch and sliced, so the ranks together reproduce one process's step.
     ``reference`` (M, K) standardised train labels fix the scale of the monotone prior maps
@@ -136,9 +136,14 @@ def compute_loss(model: CausalDiffAE, diffusion: GaussianDiffusion, x0: torch.Te
     bf16 = {"cuda": tp.bf16, "cpu": tp.bf16_cpu}.get(dev.type, False)
     with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=bf16):
         eps = model.eps(x_t, t, c)
-    mse = F.mse_loss(eps.float(), noise)
+    per_image = (eps.float() - noise).square().flatten(1).mean(1)  # (B,)
+    mse = per_image.mean()
+    if tp.loss_weighting is cfg.LossWeighting.MIN_SNR:
+        denoise = (diffusion.min_snr_weight(t, tp.min_snr_gamma) * per_image).mean()
+    else:
+        denoise = mse
     beta = beta_at(step, tp)
-    total = mse + beta * tp.kl_weight * (kl + align) + tp.mechanism_weight * mech
+    total = denoise + beta * tp.kl_weight * (kl + align) + tp.mechanism_weight * mech
     return LossParts(total, mse.detach(), kl.detach(), align.detach(), mech.detach())
 
 

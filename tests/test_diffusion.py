@@ -120,6 +120,18 @@ def test_training_loss_per_example(diffusion: GaussianDiffusion) -> None:
     assert diffusion.sample_timesteps(7).shape == (7,)
 
 
+def test_min_snr_weight(diffusion: GaussianDiffusion) -> None:
+    """min(SNR_t, gamma) / SNR_t: 1 on the noisy side, gamma / SNR_t near the clean image."""
+    t = torch.arange(diffusion.num_timesteps)
+    w = diffusion.min_snr_weight(t, 5.0)
+    snr = diffusion.snr(t)
+    assert ((w > 0) & (w <= 1)).all() and bool((w[1:] >= w[:-1]).all())  # rises with t
+    assert bool((w[snr <= 5.0] == 1).all()) and bool((w[snr > 5.0] < 1).all())
+    # linear schedule, beta_0 = 1e-4: alpha_bar_0 = 0.9999, SNR_0 = 9999 -> w_0 = 5 / 9999
+    assert float(w[0]) == pytest.approx(5.0 / 9999.0, rel=1e-3)
+    assert 0 < int((snr > 5.0).sum()) < diffusion.num_timesteps
+
+
 # --------------------------------------------------------------------------- DDIM grid
 
 

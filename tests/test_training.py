@@ -261,3 +261,45 @@ def test_bf16_cpu_autocasts_the_unet_and_stays_reproducible(params, dataset, tmp
     seen.clear()
     train(params, dataset, tmp_path / "c", show_progress=False)  # the default: fp32
     assert set(seen) == {torch.float32}
+
+
+def test_min_snr_weighting_reweights_only_the_denoising_term(params, dataset) -> None:
+    """train.loss_weighting: min_snr multiplies each image's noise error by
+    w_t = min(SNR_t, gamma) / SNR_t: same draws, same reported (unweighted) mse, and the total
+    falls by exactly mse - mean(w_t * error_t)."""
+    from cdae.training import build_model, compute_loss, make_diffusion
+
+    model = build_model(params, dataset.image_shape, dataset.label_mean, dataset.label_std)
+    diffusion = make_diffusion(params)
+    seen: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    plain_eps = model.eps
+
+    def recording_eps(x_t, t, c):
+        eps = plain_eps(x_t, t, c)
+        seen.append((x_t.clone(), t.clone(), eps.clone()))
+        return eps
+
+    model.eps = recording_eps  # type: ignore[method-assign]
+    b = 16
+    x0 = torch.rand(b, 1, 28, 28) * 2 - 1
+    y = torch.as_tensor(dataset.labels[:b], dtype=torch.float32)
+    mask = torch.ones(b, model.k, dtype=torch.bool)
+    tp = dataclasses.replace(params.train, loss_weighting=config.LossWeighting.MIN_SNR,
+                             min_snr_gamma=2.0)
+    with torch.no_grad():
+        plain = compute_loss(model, diffusion, x0, y, mask, 0, params.train,
+                             torch.Generator().manual_seed(0))
+        weighted = compute_loss(model, diffusion, x0, y, mask, 0, tp,
+                                torch.Generator().manual_seed(0))
+    (x_t, t, eps), (x_t2, t2, _) = seen
+    assert torch.equal(t, t2) and torch.equal(x_t, x_t2)
+    assert float(plain.mse) == float(weighted.mse)
+    w = diffusion.min_snr_weight(t, 2.0)
+    assert (w < 1).any() and (w == 1).any()  # both regimes drawn
+    sa = diffusion.sqrt_alphas_cumprod[t].view(-1, 1, 1, 1)
+    s1 = diffusion.sqrt_one_minus_alphas_cumprod[t].view(-1, 1, 1, 1)
+    noise = (x_t - sa * x0) / s1
+    error = (eps - noise).square().flatten(1).mean(1)
+    expected_drop = float(error.mean() - (w * error).mean())
+    assert expected_drop > 0
+    assert float(plain.total) - float(weighted.total) == pytest.approx(expected_drop, rel=1e-3)
