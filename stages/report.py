@@ -126,6 +126,13 @@ _PATTERN_MEANINGS = (
     (re.compile(r"^(\w+)_test_accuracy$"),
      "the predictor q({var} | x)'s own accuracy on the labelled test split"),
     (re.compile(r"^(\w+)_test_examples$"), "labelled test images that scored the {var} predictor"),
+    (re.compile(r"^(\w+)_kept_true_cf_do_(\w+)$"),
+     "share of the split's images whose {var} predicted on the TRUE SCM counterfactual under "
+     "do({other} = a train-marginal value) equals the {var} predicted on the factual image: "
+     "the judge's own robustness, so the ceiling of predicted_{var}_kept under do({other}); "
+     "higher is better, 1 = a judge blind to {other}"),
+    (re.compile(r"^(\w+)_kept_true_cf_examples$"),
+     "images (the whole split) that scored the {var} predictor on true counterfactuals"),
     (re.compile(r"^parent_(\w+)_mae_labels$"),
      "mean |{var} the learned mechanisms predict − true SCM counterfactual|{unit}, factual "
      "parents abducted from the labels (no image involved); lower is better"),
@@ -161,7 +168,8 @@ def metric_meaning(name: str, units: Mapping[str, str]) -> str:
         if m is not None:
             var = m.group(1)
             unit = units.get(var, "")
-            return text.format(var=var, unit=f" in {unit}" if unit else "")
+            other = m.group(2) if (m.re.groups or 0) > 1 else ""
+            return text.format(var=var, other=other, unit=f" in {unit}" if unit else "")
     return "(not described)"
 
 

@@ -192,6 +192,50 @@ def test_true_mechanism_at_the_floor_and_doing_nothing_at_the_ceiling(digits) ->
     assert M.l1(true_img, true_img) == 0.0 and M.psnr(true_img, true_img) == 100.0
 
 
+class _Judge:
+    """A stand-in digit predictor: ``rule`` maps uint8 images (N, C, H, W) to classes (N,)."""
+
+    def __init__(self, rule) -> None:
+        self.rule = rule
+
+    def predict(self, images, values=None, variables=None):
+        return {"digit": self.rule(images).astype(np.float64)}
+
+
+def test_judge_rows_score_the_predictor_on_true_counterfactuals(digits) -> None:
+    """``<c>_kept_true_cf_do_<v>``: a judge blind to the image keeps every digit (1); one that
+    reads the stroke's brightness flips under do(intensity); do(digit) itself is not judged."""
+    from cdae.dataset import Dataset
+    from cdae.generators import MorphoThicknessIntensity
+    from cdae.graph import CausalGraph
+    from stages.evaluate import judge_rows
+
+    gen = MorphoThicknessIntensity()
+    x, labels, noise = gen.generate(digits, np.zeros(len(digits)), np.random.default_rng(0), 1,
+                                    None)
+    graph = CausalGraph.from_dict({"variables": [
+        {"name": "thickness", "type": "continuous"}, {"name": "intensity", "type": "continuous"},
+        {"name": "digit", "type": "categorical", "classes": 10}],
+        "edges": [["thickness", "intensity"]]})
+    n = len(digits)
+    y = np.stack([labels["thickness"], labels["intensity"], np.zeros(n)], 1)
+    ds = Dataset(images=x, labels=y, label_mask=np.ones_like(y, bool),
+                 split=np.ones(n, np.uint8), graph=graph, label_mean=y.mean(0),
+                 label_std=y.std(0) + 1, noise=noise, base_index=np.arange(n),
+                 base_images=digits, has_ground_truth=True)
+    pools = [np.array([1.5, 5.0]), np.array([70.0, 250.0]), np.arange(10.0)]
+    blind, notes = judge_rows(ds, gen, _Judge(lambda im: np.zeros(len(im))), "test", pools, 0)
+    assert blind == {"digit_kept_true_cf_do_thickness": 1.0,
+                     "digit_kept_true_cf_do_intensity": 1.0,
+                     "digit_kept_true_cf_examples": float(n)} and notes == []
+    bright, _ = judge_rows(ds, gen, _Judge(lambda im: im.reshape(len(im), -1).max(1) > 160),
+                           "test", pools, 0)
+    assert bright["digit_kept_true_cf_do_intensity"] < 0.9
+    no_truth = Dataset(**{**ds.__dict__, "has_ground_truth": False})
+    assert judge_rows(no_truth, gen, _Judge(lambda im: np.zeros(len(im))), "test", pools, 0) == (
+        {}, [])
+
+
 def test_predictors_round_trip_and_nan_inputs(tmp_path) -> None:
     from cdae.graph import CausalGraph
     from cdae.predictors import Predictors, feature_variable, specs, train

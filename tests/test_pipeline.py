@@ -136,7 +136,9 @@ def check_scorecard(project: Path, metrics: dict) -> None:
         assert {f"{prefix}_l1_{c}" for c in (1, ep["reversibility_cycles"])} <= set(cycles)
     assert cycles["images"] == ep["cycle_images"]
     assert 0 <= metrics["dci"]["disentanglement_per_block"] <= 1
-    assert "digit_test_accuracy" in metrics["predictors"]
+    judge = metrics["predictors"]
+    assert "digit_test_accuracy" in judge and "digit_kept_true_cf_do_digit" not in judge
+    assert all(0 <= judge[f"digit_kept_true_cf_do_{v}"] <= 1 for v in ("thickness", "intensity"))
     setup = metrics["setup"]
     assert setup["images"] == ep["max_images"] and setup["ddim_steps"] == ep["steps"]
     assert len(setup["seeds"]) == ep["seeds"]
