@@ -191,6 +191,7 @@ class DataParams:
     max_images: int = field(default=0, metadata=NON_NEGATIVE)  # 0 = all
     test_fraction: float = field(default=0.1, metadata=FRACTION)  # for sources without a split
     labeled_fraction: float = field(default=1.0, metadata=FRACTION)
+    train_draws: int = field(default=1, metadata=POSITIVE)  # SCM draws per train base digit
     workers: int = field(default=0, metadata=NON_NEGATIVE)  # 0 = all cores
     seed: int = 0
     pendulum: PendulumParams = PendulumParams()

@@ -118,6 +118,21 @@ def _generated(params: cfg.Params, rng: np.random.Generator) -> Dataset:
              workers)
     with Progress(split.shape[0], "prepare-data", unit="img") as bar:
         images, labels, noise = gen.generate(base, digits, rng, workers, bar.advance)
+    base_index = np.arange(split.shape[0], dtype=np.int64)
+    if dp.train_draws > 1:
+        # more SCM draws of the TRAIN base digits/scenes, appended: the first draw and the test
+        # rows are those of train_draws 1 (an own random stream), the extra rows are train rows
+        extra = np.tile(np.flatnonzero(split == 0), dp.train_draws - 1)
+        log.info("prepare-data: %d more train draws (data.train_draws %d)", extra.size,
+                 dp.train_draws)
+        with Progress(extra.size, "prepare-data (more draws)", unit="img") as bar:
+            more = gen.generate(None if base is None else base[extra], digits[extra],
+                                np.random.default_rng((dp.seed, 1)), workers, bar.advance)
+        images = np.concatenate([images, more[0]])
+        labels = {m: np.concatenate([v, more[1][m]]) for m, v in labels.items()}
+        noise = np.concatenate([noise, more[2]])
+        split = np.concatenate([split, np.zeros(extra.size, split.dtype)])
+        base_index = np.concatenate([base_index, extra])
     n = images.shape[0]
     # the label columns filled in place (no stacked copy), each variable's array dropped once
     # copied, like the base classes: what stays per image is what the file stores (+ the
@@ -132,7 +147,7 @@ def _generated(params: cfg.Params, rng: np.random.Generator) -> Dataset:
     return Dataset(images=images, labels=label_arr, label_mask=mask, split=split,
                    graph=params.graph, label_mean=mean, label_std=std, noise=noise,
                    noise_names=gen.noise_names,
-                   base_index=np.arange(n, dtype=np.int64) if base is not None else None,
+                   base_index=base_index if base is not None else None,
                    base_images=base[:, None] if base is not None else None, scm=dp.scm.value,
                    source=dp.source.value, data_params=json.dumps(cfg.to_dict(dp)),
                    has_ground_truth=True)

@@ -410,3 +410,29 @@ def test_evaluate_runs_on_imported_files(tmp_path: Path, image_dir: Path) -> Non
     assert not any(k in r["do_size"] for k in ("size_mae", "l1_to_true_counterfactual"))
     assert "none measured" in r["setup"]["attributes"]
     assert np.isfinite(r["null"]["l1_to_factual"])
+
+
+def test_train_draws_append_new_renderings_of_the_train_digits(tmp_path: Path) -> None:
+    """data.train_draws k: k - 1 more SCM draws of every train digit are appended as train
+    rows (same base digit and class, new thickness and intensity, rendered to their labels);
+    the first draw and the test rows are those of k = 1."""
+    one = cfg.resolve(_raw(tmp_path / "one", max_images=40))
+    three = cfg.resolve(_raw(tmp_path / "three", max_images=40, train_draws=3))
+    prepare_data.run(one)
+    prepare_data.run(three)
+    a, b = read_dataset(one.paths.dataset), read_dataset(three.paths.dataset)
+    n, train = a.images.shape[0], a.indices("train")
+    assert b.images.shape[0] == n + 2 * train.size and train.size > 0
+    np.testing.assert_array_equal(b.images[:n], a.images)
+    np.testing.assert_array_equal(b.labels[:n], a.labels)
+    np.testing.assert_array_equal(b.split[:n], a.split)
+    rep = np.tile(train, 2)
+    assert (b.split[n:] == 0).all()
+    np.testing.assert_array_equal(b.base_index[n:], rep)
+    names = b.graph.names
+    d, t = names.index("digit"), names.index("thickness")
+    np.testing.assert_array_equal(b.labels[n:, d], a.labels[rep, d])
+    assert np.abs(b.labels[n:, t] - a.labels[rep, t]).mean() > 0.2  # new draws
+    gen = make_generator(cfg.SCMKind(b.scm))
+    measured = gen.measure(b.images[n:n + 8], workers=1)
+    assert np.abs(measured["thickness"] - b.labels[n:n + 8, t]).mean() < 0.5
