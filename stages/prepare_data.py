@@ -162,6 +162,10 @@ def _imported(params: cfg.Params, rng: np.random.Generator) -> Dataset:
     from cdae.importers import IMPORTED_SCM, import_data
 
     dp = params.data
+    if dp.train_draws > 1:
+        raise ConfigError(f"data.train_draws: {dp.train_draws}, but data.source {dp.source.value} "
+                          "imports images: there is no SCM to draw them again",
+                          hint="set data.train_draws: 1, or use a generated source")
     scm = IMPORTED_SCM[dp.source]
     if scm is not None:
         if dp.scm is not scm:

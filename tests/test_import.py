@@ -436,3 +436,10 @@ def test_train_draws_append_new_renderings_of_the_train_digits(tmp_path: Path) -
     gen = make_generator(cfg.SCMKind(b.scm))
     measured = gen.measure(b.images[n:n + 8], workers=1)
     assert np.abs(measured["thickness"] - b.labels[n:n + 8, t]).mean() < 0.5
+
+
+def test_train_draws_refused_for_imported_images(tmp_path: Path, image_dir: Path) -> None:
+    raw = _folder_raw(tmp_path, image_dir, train_draws=2)
+    _assert_one_line_error(_cli(_params_file(tmp_path, raw)), "data.train_draws: 2",
+                           "no SCM", "set data.train_draws: 1")
+    assert not (tmp_path / "out" / "dataset.h5").exists()
