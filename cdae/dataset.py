@@ -86,6 +86,13 @@ class Dataset:
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.images.shape[1:])  # type: ignore[return-value]
 
+    def base_rows(self, rows: np.ndarray) -> np.ndarray | None:
+        """The base images (digits) the given rows were rendered from, (len(rows), 1, H, W)
+        uint8; None for a dataset that stores none (scenes, imported images)."""
+        if self.base_images is None or self.base_index is None:
+            return None
+        return self.base_images[self.base_index[rows]]
+
     def indices(self, split: Split | str) -> np.ndarray:
         s = Split.parse(split) if isinstance(split, str) else split
         return np.flatnonzero(self.split == int(s))

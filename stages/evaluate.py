@@ -165,8 +165,7 @@ class _Context:
         self.guidance_mode = guidance_mode  # intervene's too
         self.labels = {name: ds.labels[rows, j] for j, name in enumerate(self.names)}
         self.noise = ds.noise[rows] if ds.noise is not None else None
-        self.base = (ds.base_images[ds.base_index[rows]]
-                     if ds.base_images is not None and ds.base_index is not None else None)
+        self.base = ds.base_rows(rows)
         self.x_np = ds.images[rows]
         self.x = to_unit(self.x_np).to(engine.device)
         self.y = torch.as_tensor(ds.labels[rows], dtype=torch.float32, device=engine.device)
@@ -545,8 +544,7 @@ def judge_rows(ds: Dataset, gen, pred, split: str, pools: list[np.ndarray], seed
     if gen is None or not ds.has_ground_truth or not judged or rows.size == 0:
         return {}, []
     labels = {m: ds.labels[rows, j] for j, m in enumerate(names)}
-    base = (ds.base_images[ds.base_index[rows]]
-            if ds.base_images is not None and ds.base_index is not None else None)
+    base = ds.base_rows(rows)
     noise = None if ds.noise is None else ds.noise[rows]
     rng = np.random.default_rng(seed)
     out: dict[str, float] = {}
