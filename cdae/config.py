@@ -107,6 +107,13 @@ class NoiseSchedule(str, enum.Enum):
     COSINE = "cosine"
 
 
+class Prediction(str, enum.Enum):
+    """What the UNet outputs (the sampler always gets eps, converted by the model)."""
+
+    EPS = "eps"  # the noise eps (Ho et al. 2020; the paper's)
+    V = "v"  # v = sqrt(ab_t) eps - sqrt(1 - ab_t) x0 (Salimans & Ho 2022): near x0 at high noise
+
+
 class LrSchedule(str, enum.Enum):
     """Learning rate over the ``train.steps`` of a run (both AdamW groups alike)."""
 
@@ -221,6 +228,7 @@ class DiffusionParams:
     inversion_iters: int = field(default=1, metadata=NON_NEGATIVE)  # fixed-point refinements
     solver: Solver = Solver.DDIM  # decoding/inversion ODE solver (a sampling setting)
     spacing: Spacing = Spacing.UNIFORM  # timestep grid of decoding and inversion
+    prediction: Prediction = Prediction.EPS  # UNet output (a training setting)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from cdae.causal import CausalLayer
-from cdae.config import ModelParams
+from cdae.config import ModelParams, Prediction
 from cdae.errors import ConfigError
 from cdae.graph import CausalGraph
 from cdae.unet import Encoder, UNet
@@ -31,7 +31,11 @@ class Abducted:
 
 class CausalDiffAE(nn.Module):
     def __init__(self, graph: CausalGraph, params: ModelParams, image_shape: tuple[int, int, int],
-                 label_mean: torch.Tensor, label_std: torch.Tensor) -> None:
+                 label_mean: torch.Tensor, label_std: torch.Tensor,
+                 prediction: Prediction = Prediction.EPS,
+                 alphas_cumprod: torch.Tensor | None = None) -> None:
+        """``prediction`` is what the UNet outputs; for V, ``alphas_cumprod`` (T,) is the
+        diffusion's alpha_bar table, which :meth:`eps` needs to turn v into eps."""
         super().__init__()
         for v in graph.variables:
             if v.is_categorical and graph.parents(v.name):
@@ -59,6 +63,14 @@ class CausalDiffAE(nn.Module):
         self.null_cond = nn.Parameter(torch.randn(self.cond_dim) * 0.5)
         self.register_buffer("label_mean", label_mean.clone().float())
         self.register_buffer("label_std", label_std.clone().float())
+        self.prediction = Prediction(prediction)
+        if self.prediction is Prediction.V:
+            if alphas_cumprod is None:
+                raise ValueError("prediction v needs the diffusion's alphas_cumprod")
+            ab = alphas_cumprod.detach().double()
+            # derived from the schedule, not learned: kept out of the state dict
+            self.register_buffer("sqrt_ab", ab.sqrt().float(), persistent=False)
+            self.register_buffer("sqrt_1m_ab", (1.0 - ab).sqrt().float(), persistent=False)
 
     # ------------------------------------------------------------------ labels
     def normalise(self, y: torch.Tensor) -> torch.Tensor:
@@ -98,10 +110,17 @@ class CausalDiffAE(nn.Module):
         return self.null_cond.unsqueeze(0).expand(batch, -1)
 
     def eps(self, x_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """eps_theta(x_t, t, c): (B, C, H, W)."""
-        return self.unet(x_t, t, c)
+        """eps_theta(x_t, t, c): (B, C, H, W), whatever the UNet predicts. x_t (B, C, H, W),
+        t (B,) long in [0, T-1]. For V: eps = sqrt(1 - ab_t) x_t + sqrt(ab_t) v (in float32)."""
+        out = self.unet(x_t, t, c)
+        if self.prediction is Prediction.EPS:
+            return out
+        a = self.sqrt_ab[t].view(-1, 1, 1, 1)
+        s = self.sqrt_1m_ab[t].view(-1, 1, 1, 1)
+        return s * x_t.float() + a * out.float()
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """The UNet's raw output (eps or v, see ``prediction``)."""
         return self.unet(x_t, t, c)
 
     # ------------------------------------------------------------------ abduction of u

@@ -46,7 +46,9 @@ def build_model(params: cfg.Params, image_shape: tuple[int, int, int], label_mea
                 label_std: np.ndarray) -> CausalDiffAE:
     return CausalDiffAE(params.graph, params.model, image_shape,
                         torch.as_tensor(label_mean, dtype=torch.float32),
-                        torch.as_tensor(label_std, dtype=torch.float32))
+                        torch.as_tensor(label_std, dtype=torch.float32),
+                        prediction=params.diffusion.prediction,
+                        alphas_cumprod=make_diffusion(params).alphas_cumprod)
 
 
 def make_diffusion(params: cfg.Params) -> GaussianDiffusion:
@@ -91,7 +93,8 @@ def compute_loss(model: CausalDiffAE, diffusion: GaussianDiffusion, x0: torch.Te
     x0 (B, C, H, W) in [-1, 1]; y (B, K) raw labels; mask (B, K) bool, the FIXED label mask.
     L = w_t mse + beta(step) * kl_weight * [KL(q(u|x) || N(0, I)) + sum_i m_i KL_i(align)]
         + mechanism_weight * NLL(mechanisms on labels). KLs are means over dimensions; w_t = 1, or
-    min(SNR_t, gamma) / SNR_t under ``loss_weighting: min_snr``; ``mse`` reported is unweighted.
+    min(SNR_t, gamma) / SNR_t under ``loss_weighting: min_snr``, 1 / ab_t for ``diffusion.prediction:
+    v`` (the v error); ``mse`` reported is the unweighted eps error.
     Data-parallel: the rows are ``shard`` of a ``global_batch``; the random numbers are drawn for
     the whole global batch and sliced, so the ranks together reproduce one process's step.
     ``reference`` (M, K) standardised train labels fix the scale of the monotone prior maps
@@ -139,7 +142,12 @@ def compute_loss(model: CausalDiffAE, diffusion: GaussianDiffusion, x0: torch.Te
     per_image = (eps.float() - noise).square().flatten(1).mean(1)  # (B,)
     mse = per_image.mean()
     if tp.loss_weighting is cfg.LossWeighting.MIN_SNR:
+        # the same x0-space weighting for both predictions: min(SNR, g) / (SNR + 1) of the
+        # v error is min(SNR, g) / SNR of the eps error
         denoise = (diffusion.min_snr_weight(t, tp.min_snr_gamma) * per_image).mean()
+    elif model.prediction is cfg.Prediction.V:
+        # |v - v_hat|^2 = |eps - eps_hat|^2 / ab_t at the same x_t
+        denoise = (per_image / diffusion.alphas_cumprod.to(t.device)[t]).mean()
     else:
         denoise = mse
     beta = beta_at(step, tp)
