@@ -745,6 +745,7 @@ def run(params: cfg.Params) -> dict[str, object]:
         "notes": notes,
         "units": {m: ds.graph.variable(m).unit for m in names},
         "seed": ep.seed, "model_step": engine.step,
+        "prediction": engine.model.prediction.value,  # what the UNet was trained to output
     }
     total = time.perf_counter() - t_start
     results["cost"] = {"seconds": round(total, 1),

@@ -141,7 +141,7 @@ def check_scorecard(project: Path, metrics: dict) -> None:
     assert all(0 <= judge[f"digit_kept_true_cf_do_{v}"] <= 1 for v in ("thickness", "intensity"))
     setup = metrics["setup"]
     assert setup["images"] == ep["max_images"] and setup["ddim_steps"] == ep["steps"]
-    assert len(setup["seeds"]) == ep["seeds"]
+    assert len(setup["seeds"]) == ep["seeds"] and setup["prediction"] == "eps"
     md = (project / "reports/evaluation.md").read_text()
     pngs = sorted((project / "reports/evaluation/png").glob("*.png"))
     assert "train_loss.png" in {p.name for p in pngs} and "do_thickness.png" in {p.name for p in pngs}
