@@ -92,9 +92,9 @@ def compute_loss(model: CausalDiffAE, diffusion: GaussianDiffusion, x0: torch.Te
 
     x0 (B, C, H, W) in [-1, 1]; y (B, K) raw labels; mask (B, K) bool, the FIXED label mask.
     L = w_t mse + beta(step) * kl_weight * [KL(q(u|x) || N(0, I)) + sum_i m_i KL_i(align)]
-        + mechanism_weight * NLL(mechanisms on labels). KLs are means over dimensions; w_t = 1, or
-    min(SNR_t, gamma) / SNR_t under ``loss_weighting: min_snr``, 1 / ab_t for ``diffusion.prediction:
-    v`` (the v error); ``mse`` reported is the unweighted eps error.
+        + mechanism_weight * NLL(mechanisms on labels). KLs are means over dimensions; w_t = 1,
+    min(SNR_t, gamma) / SNR_t under ``loss_weighting: min_snr``, or 1 / ab_t for
+    ``diffusion.prediction: v`` (the v error); ``mse`` reported is the unweighted eps error.
     Data-parallel: the rows are ``shard`` of a ``global_batch``; the random numbers are drawn for
     the whole global batch and sliced, so the ranks together reproduce one process's step.
     ``reference`` (M, K) standardised train labels fix the scale of the monotone prior maps
