@@ -33,9 +33,10 @@ class CausalDiffAE(nn.Module):
     def __init__(self, graph: CausalGraph, params: ModelParams, image_shape: tuple[int, int, int],
                  label_mean: torch.Tensor, label_std: torch.Tensor,
                  prediction: Prediction = Prediction.EPS,
-                 alphas_cumprod: torch.Tensor | None = None) -> None:
-        """``prediction`` is what the UNet outputs; for V, ``alphas_cumprod`` (T,) is the
-        diffusion's alpha_bar table, which :meth:`eps` needs to turn v into eps."""
+                 schedule: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        """``prediction`` is what the UNet outputs; for V, ``schedule`` is the diffusion's
+        (sqrt(alpha_bar), sqrt(1 - alpha_bar)) tables, each (T,), which :meth:`eps` needs to turn
+        v into eps."""
         super().__init__()
         for v in graph.variables:
             if v.is_categorical and graph.parents(v.name):
@@ -65,12 +66,11 @@ class CausalDiffAE(nn.Module):
         self.register_buffer("label_std", label_std.clone().float())
         self.prediction = Prediction(prediction)
         if self.prediction is Prediction.V:
-            if alphas_cumprod is None:
-                raise ValueError("prediction v needs the diffusion's alphas_cumprod")
-            ab = alphas_cumprod.detach().double()
-            # derived from the schedule, not learned: kept out of the state dict
-            self.register_buffer("sqrt_ab", ab.sqrt().float(), persistent=False)
-            self.register_buffer("sqrt_1m_ab", (1.0 - ab).sqrt().float(), persistent=False)
+            if schedule is None:
+                raise ValueError("prediction v needs the diffusion's schedule tables")
+            # the diffusion's own tables, not learned: kept out of the state dict
+            self.register_buffer("sqrt_ab", schedule[0].clone(), persistent=False)
+            self.register_buffer("sqrt_1m_ab", schedule[1].clone(), persistent=False)
 
     # ------------------------------------------------------------------ labels
     def normalise(self, y: torch.Tensor) -> torch.Tensor:

@@ -44,11 +44,13 @@ def select_device(choice: cfg.Device, key: str = "train.device") -> torch.device
 
 def build_model(params: cfg.Params, image_shape: tuple[int, int, int], label_mean: np.ndarray,
                 label_std: np.ndarray) -> CausalDiffAE:
+    diffusion = make_diffusion(params)
     return CausalDiffAE(params.graph, params.model, image_shape,
                         torch.as_tensor(label_mean, dtype=torch.float32),
                         torch.as_tensor(label_std, dtype=torch.float32),
                         prediction=params.diffusion.prediction,
-                        alphas_cumprod=make_diffusion(params).alphas_cumprod)
+                        schedule=(diffusion.sqrt_alphas_cumprod,
+                                  diffusion.sqrt_one_minus_alphas_cumprod))
 
 
 def make_diffusion(params: cfg.Params) -> GaussianDiffusion:
