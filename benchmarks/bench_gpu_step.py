@@ -7,7 +7,8 @@ Times the bare training step of ``benchmarks.bench_train`` (forward, backward, g
 clipping, AdamW on one fixed batch) under variants of memory format (NCHW / channels_last), bf16
 autocast, batch size and ``torch.compile`` of the UNet (``--compile``: default and CUDA-graph
 modes), and prints ms/step, images/s and the ratio to the first row (the settings `cdae train`
-uses); last, the whole training loop (EMA, logging, batch indexing) at the profile's settings.
+uses); last, the whole training loop (EMA, logging, batch indexing) at the profile's settings,
+eager and with ``train.compile`` (``--loop-only``: those two rows alone).
 Same batch size, twice the time = twice the cost; 4x the batch at about the same time = the step
 is bound by kernel launches and host work, not by the GPU's arithmetic.
 ``--trace`` adds a torch.profiler table of the baseline's most expensive ops (CUDA and host).
@@ -97,6 +98,8 @@ def main() -> None:
     parser.add_argument("--trace", action="store_true")
     parser.add_argument("--compile", action="store_true",
                         help="also time torch.compile of the UNet (default and CUDA-graph modes)")
+    parser.add_argument("--loop-only", action="store_true",
+                        help="time only the whole training loop, eager and with train.compile")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("error: no CUDA device; run this on a GPU machine")
@@ -117,22 +120,36 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name(0)}, profile "
           f"{params.profile}, {args.steps} steps per variant", flush=True)
     base = None
-    for i, v in enumerate(variants):
+    for i, v in enumerate([] if args.loop_only else variants):
         s = run(params, v, args.steps, trace=args.trace and i == 0)
         base = base or s
         batch = v.batch or b
         print(f"{v.name:40s} {s * 1e3:8.1f} ms/step {batch / s:9.0f} images/s "
               f"time x{s / base:5.2f}", flush=True)
-    steps = 3 * args.steps  # the loop's first steps include cuDNN's algorithm search
-    tp = dataclasses.replace(params.train, steps=steps,
-                             log_every=min(params.train.log_every, steps),
-                             checkpoint_every=10 * steps, device=config.Device.CUDA)
-    loop = dataclasses.replace(params, train=tp)
-    with tempfile.TemporaryDirectory() as tmp:
-        s, _ = full(loop, synthetic_dataset(loop, 8 * b), Path(tmp))
-    s /= steps
-    print(f"{'the full cdae.training.train loop':40s} {s * 1e3:8.1f} ms/step {b / s:9.0f} "
-          f"images/s time x{s / base:5.2f}", flush=True)
+    for compiled in (False, True):
+        s = loop_seconds(params, 3 * args.steps, compiled)
+        base = base or s
+        name = "the whole training loop" + (", train.compile" if compiled else "")
+        print(f"{name:40s} {s * 1e3:8.1f} ms/step {b / s:9.0f} images/s time x{s / base:5.2f}",
+              flush=True)
+
+
+def loop_seconds(params: config.Params, steps: int, compiled: bool,
+                 device: config.Device = config.Device.CUDA) -> float:
+    """Seconds per step of `cdae.training.train` on ``device`` over ``steps`` steps, after a first
+    run of 20 steps (cuDNN's algorithm search; with ``compiled`` the compilation too, which the
+    second run reuses)."""
+    b = params.train.batch_size
+    times = []
+    for n in (20, steps):
+        tp = dataclasses.replace(params.train, steps=n, log_every=min(params.train.log_every, n),
+                                 checkpoint_every=10 * n, device=device,
+                                 compile=compiled, max_minutes=0.0)
+        loop = dataclasses.replace(params, train=tp)
+        with tempfile.TemporaryDirectory() as tmp:
+            s, _ = full(loop, synthetic_dataset(loop, 8 * b), Path(tmp))
+        times.append(s / n)
+    return times[-1]
 
 
 if __name__ == "__main__":

@@ -85,40 +85,65 @@ class LossParts:
     mech: torch.Tensor
 
 
-def compute_loss(model: CausalDiffAE, diffusion: GaussianDiffusion, x0: torch.Tensor,
-                 y: torch.Tensor, mask: torch.Tensor, step: int, tp: cfg.TrainParams,
-                 gen: torch.Generator, shard: slice | None = None,
-                 global_batch: int | None = None,
-                 reference: torch.Tensor | None = None) -> LossParts:
-    """The per-batch loss of METHOD.md.
+@dataclass
+class Draws:
+    """The random numbers of one training step, drawn before the model runs (so the
+    deterministic rest, :func:`image_loss`, can be compiled as one graph). Shapes are those of
+    this process's rows of the batch."""
 
-    x0 (B, C, H, W) in [-1, 1]; y (B, K) raw labels; mask (B, K) bool, the FIXED label mask.
-    L = w_t mse + beta(step) * kl_weight * [KL(q(u|x) || N(0, I)) + sum_i m_i KL_i(align)]
-        + mechanism_weight * NLL(mechanisms on labels). KLs are means over dimensions; w_t = 1,
-    min(SNR_t, gamma) / SNR_t under ``loss_weighting: min_snr``, or 1 / ab_t for
-    ``diffusion.prediction: v`` (the v error); ``mse`` reported is the unweighted eps error.
-    Data-parallel: the rows are ``shard`` of a ``global_batch``; the random numbers are drawn for
-    the whole global batch and sliced, so the ranks together reproduce one process's step.
-    ``reference`` (M, K) standardised train labels fix the scale of the monotone prior maps
-    (see :meth:`CausalLayer.mechanism_nll`).
-    """
-    b, dev = x0.shape[0], x0.device
+    posterior: torch.Tensor  # (B, K*d+S) N(0, 1): the encoder posterior's sample
+    block_drop: torch.Tensor | None  # (B, K) bool: blocks replaced by the null (p_block_drop)
+    uncond: torch.Tensor  # (B,) bool: images trained on the null condition (p_uncond)
+    t: torch.Tensor  # (B,) long in [0, T-1]: diffusion timesteps
+    noise: torch.Tensor  # (B, C, H, W) N(0, 1): the noise of q_sample
+    mech_pick: torch.Tensor | None  # (M,) long: rows of the reference labels (mechanism_batch)
+
+
+def draw_step(model: CausalDiffAE, diffusion: GaussianDiffusion, image_shape: torch.Size,
+              tp: cfg.TrainParams, gen: torch.Generator, shard: slice | None = None,
+              global_batch: int | None = None, reference: torch.Tensor | None = None) -> Draws:
+    """All of one step's random numbers from ``gen``, in a fixed order. Data-parallel: drawn for
+    the whole ``global_batch`` and sliced to ``shard``, so the ranks together reproduce one
+    process's step. ``image_shape`` (B, C, H, W) is this process's batch."""
+    b, dev = image_shape[0], gen.device
     rows = slice(None) if shard is None else shard
     gb = b if global_batch is None else global_batch
 
     def draw(fn: Callable[..., torch.Tensor], *shape: int, **kw: Any) -> torch.Tensor:
         return fn(*kw.pop("args", ()), (gb, *shape), generator=gen, device=dev, **kw)[rows]
 
+    posterior = draw(torch.randn, model.cond_dim)
+    # drawn only when on: the default run's random stream is unchanged
+    block_drop = draw(torch.rand, model.k) < tp.p_block_drop if tp.p_block_drop > 0 else None
+    uncond = draw(torch.rand) < tp.p_uncond
+    t = draw(torch.randint, args=(0, diffusion.num_timesteps))
+    noise = draw(torch.randn, *image_shape[1:])
+    pick = None
+    if (tp.mechanism_weight > 0 and tp.mechanism_batch and reference is not None
+            and reference.shape[0]):
+        pick = torch.randint(0, reference.shape[0], (tp.mechanism_batch,), generator=gen,
+                             device=dev)
+    return Draws(posterior, block_drop, uncond, t, noise, pick)
+
+
+def image_loss(model: CausalDiffAE, diffusion: GaussianDiffusion, x0: torch.Tensor,
+               y: torch.Tensor, mask: torch.Tensor, draws: Draws, beta: torch.Tensor,
+               tp: cfg.TrainParams) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                             torch.Tensor]:
+    """The image terms of the loss, a deterministic function of its inputs (no host reads, no
+    data-dependent shapes: ``train.compile`` compiles it whole). x0 (B, C, H, W) in [-1, 1];
+    y (B, K) raw labels; mask (B, K) bool; beta 0-dim tensor (the KL weight at this step).
+    Returns (w_t mse + beta * kl_weight * (kl + align), mse, kl, align), 0-dim tensors."""
+    b = x0.shape[0]
     mean, logvar = model.encode(x0)
     kl = 0.5 * (mean.square() + logvar.exp() - 1.0 - logvar).mean()
     std = (tp.posterior_var_scale * logvar.exp()).sqrt()
-    flat = mean + std * draw(torch.randn, mean.shape[1])
-    u, style = model.split_latent(flat)
+    u, style = model.split_latent(mean + std * draws.posterior)
     z = model.causal.causal_layer(u)
 
     y_norm = model.normalise(torch.where(mask, y, torch.zeros_like(y)))
     mu = model.causal.prior_mean(y_norm)
-    is_cat = torch.tensor([v.is_categorical for v in model.graph.variables], device=dev)
+    is_cat = torch.tensor([v.is_categorical for v in model.graph.variables], device=x0.device)
     mu = torch.where(is_cat.view(1, -1, 1), mu, mu.detach())  # g_i is fitted by the mechanisms
     sigma = model.params.prior_sigma
     align_per = (z - mu).square().mean(-1) / (2.0 * sigma ** 2)  # (B, K)
@@ -126,51 +151,74 @@ def compute_loss(model: CausalDiffAE, diffusion: GaussianDiffusion, x0: torch.Te
 
     c = model.condition(z, style)
     null = model.null(b).to(c.dtype)
-    if tp.p_block_drop > 0:  # drawn only when on: the default run's random stream is unchanged
-        blocks = draw(torch.rand, model.k) < tp.p_block_drop  # (B, K)
-        cols = blocks.repeat_interleave(model.d, dim=1)  # (B, K*d); style columns stay
+    if draws.block_drop is not None:
+        cols = draws.block_drop.repeat_interleave(model.d, dim=1)  # (B, K*d); style stays
         cols = torch.cat([cols, cols.new_zeros(b, c.shape[1] - cols.shape[1])], 1)
         c = torch.where(cols, null, c)
-    drop = draw(torch.rand) < tp.p_uncond
-    c = torch.where(drop.unsqueeze(1), null, c)
-    t = draw(torch.randint, args=(0, diffusion.num_timesteps))
-    noise = draw(torch.randn, *x0.shape[1:])
-    x_t = diffusion.q_sample(x0, t, noise)
-    mech = (mechanism_loss(model.causal, y_norm, mask, tp, gen, reference)
-            if tp.mechanism_weight > 0 else x0.new_zeros(()))
-    bf16 = {"cuda": tp.bf16, "cpu": tp.bf16_cpu}.get(dev.type, False)
-    with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=bf16):
-        eps = model.eps(x_t, t, c)
-    per_image = (eps.float() - noise).square().flatten(1).mean(1)  # (B,)
+    c = torch.where(draws.uncond.unsqueeze(1), null, c)
+    x_t = diffusion.q_sample(x0, draws.t, draws.noise)
+    bf16 = {"cuda": tp.bf16, "cpu": tp.bf16_cpu}.get(x0.device.type, False)
+    with torch.autocast(device_type=x0.device.type, dtype=torch.bfloat16, enabled=bf16):
+        eps = model.eps(x_t, draws.t, c)
+    per_image = (eps.float() - draws.noise).square().flatten(1).mean(1)  # (B,)
     mse = per_image.mean()
     if tp.loss_weighting is cfg.LossWeighting.MIN_SNR:
         # the same x0-space weighting for both predictions: min(SNR, g) / (SNR + 1) of the
         # v error is min(SNR, g) / SNR of the eps error
-        denoise = (diffusion.min_snr_weight(t, tp.min_snr_gamma) * per_image).mean()
+        denoise = (diffusion.min_snr_weight(draws.t, tp.min_snr_gamma) * per_image).mean()
     elif model.prediction is cfg.Prediction.V:
         # |v - v_hat|^2 = |eps - eps_hat|^2 / ab_t at the same x_t
-        denoise = (per_image / diffusion.alphas_cumprod.to(t.device)[t]).mean()
+        denoise = (per_image / diffusion.alphas_cumprod.to(draws.t.device)[draws.t]).mean()
     else:
         denoise = mse
-    beta = beta_at(step, tp)
-    total = denoise + beta * tp.kl_weight * (kl + align) + tp.mechanism_weight * mech
+    return denoise + beta * tp.kl_weight * (kl + align), mse, kl, align
+
+
+ImageLoss = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+def compute_loss(model: CausalDiffAE, diffusion: GaussianDiffusion, x0: torch.Tensor,
+                 y: torch.Tensor, mask: torch.Tensor, step: int, tp: cfg.TrainParams,
+                 gen: torch.Generator, shard: slice | None = None,
+                 global_batch: int | None = None,
+                 reference: torch.Tensor | None = None,
+                 image_fn: ImageLoss = image_loss) -> LossParts:
+    """The per-batch loss of METHOD.md.
+
+    x0 (B, C, H, W) in [-1, 1]; y (B, K) raw labels; mask (B, K) bool, the FIXED label mask.
+    L = w_t mse + beta(step) * kl_weight * [KL(q(u|x) || N(0, I)) + sum_i m_i KL_i(align)]
+        + mechanism_weight * NLL(mechanisms on labels). KLs are means over dimensions; w_t = 1,
+    min(SNR_t, gamma) / SNR_t under ``loss_weighting: min_snr``, or 1 / ab_t for
+    ``diffusion.prediction: v`` (the v error); ``mse`` reported is the unweighted eps error.
+    Data-parallel: the rows are ``shard`` of a ``global_batch`` (see :func:`draw_step`).
+    ``reference`` (M, K) standardised train labels fix the scale of the monotone prior maps
+    (see :meth:`CausalLayer.mechanism_nll`). ``image_fn`` is :func:`image_loss` or its
+    compiled form (``train.compile``).
+    """
+    draws = draw_step(model, diffusion, x0.shape, tp, gen, shard, global_batch, reference)
+    beta = torch.tensor(beta_at(step, tp), dtype=torch.float32).to(x0.device, non_blocking=True)
+    image, mse, kl, align = image_fn(model, diffusion, x0, y, mask, draws, beta, tp)
+    if tp.mechanism_weight > 0:
+        y_norm = model.normalise(torch.where(mask, y, torch.zeros_like(y)))
+        mech = mechanism_loss(model.causal, y_norm, mask, draws.mech_pick, reference)
+    else:
+        mech = x0.new_zeros(())
+    total = image + tp.mechanism_weight * mech
     return LossParts(total, mse.detach(), kl.detach(), align.detach(), mech.detach())
 
 
 def mechanism_loss(causal: CausalLayer, y_norm: torch.Tensor, mask: torch.Tensor,
-                   tp: cfg.TrainParams, gen: torch.Generator,
-                   reference: torch.Tensor | None) -> torch.Tensor:
-    """The mechanisms' label likelihood (scalar). With ``tp.mechanism_batch`` = M > 0 and the
-    ``reference`` (N_train, K) standardised train labels, it is fitted on M labels drawn from
-    the whole train split (with replacement, the same rows on every data-parallel rank), not
-    on the image batch's (B, K) ``y_norm`` under ``mask``: labels cost nothing to evaluate, and
-    a 32-label batch leaves the fitted intensity mechanism noisy (default profile's labels,
-    3 seeds: intensity counterfactual error under do(thickness) 1.31-1.48 with 32 labels a
-    step against 0.36-0.59 with 1024; ``benchmarks/bench_mechanism_fit.py``)."""
-    if tp.mechanism_batch and reference is not None and reference.shape[0]:
-        pick = torch.randint(0, reference.shape[0], (tp.mechanism_batch,), generator=gen,
-                             device=gen.device).to(reference.device)
-        labels = reference[pick]
+                   pick: torch.Tensor | None, reference: torch.Tensor | None) -> torch.Tensor:
+    """The mechanisms' label likelihood (scalar). With ``pick`` (M,) rows of the ``reference``
+    (N_train, K) standardised train labels (``train.mechanism_batch`` = M > 0: drawn from the
+    whole train split with replacement, the same rows on every data-parallel rank), it is fitted
+    on those labels, not on the image batch's (B, K) ``y_norm`` under ``mask``: labels cost
+    nothing to evaluate, and a 32-label batch leaves the fitted intensity mechanism noisy
+    (default profile's labels, 3 seeds: intensity counterfactual error under do(thickness)
+    1.31-1.48 with 32 labels a step against 0.36-0.59 with 1024;
+    ``benchmarks/bench_mechanism_fit.py``)."""
+    if pick is not None and reference is not None:
+        labels = reference[pick.to(reference.device)]
         return causal.mechanism_nll(labels, torch.isfinite(labels), reference)
     return causal.mechanism_nll(y_norm, mask, reference)
 
@@ -237,17 +285,18 @@ class _LossModule(torch.nn.Module):
     forward(...) = compute_loss(model, diffusion, ...)."""
 
     def __init__(self, model: CausalDiffAE, diffusion: GaussianDiffusion,
-                 reference: torch.Tensor) -> None:
+                 reference: torch.Tensor, image_fn: ImageLoss = image_loss) -> None:
         super().__init__()
         self.model = model
         self.diffusion = diffusion
         self.reference = reference  # (N_train, K) standardised labels, NaN = missing
+        self.image_fn = image_fn
 
     def forward(self, x0: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, step: int,
                 tp: cfg.TrainParams, gen: torch.Generator, shard: slice | None,
                 global_batch: int) -> LossParts:
         return compute_loss(self.model, self.diffusion, x0, y, mask, step, tp, gen, shard,
-                            global_batch, self.reference)
+                            global_batch, self.reference, self.image_fn)
 
 
 @dataclass
@@ -328,12 +377,17 @@ def train(params: cfg.Params, dataset: Dataset, out_dir: Path, *,
     other = [q for q in model.parameters() if id(q) not in mech_ids]
     opt = torch.optim.AdamW([{"params": other, "lr": tp.lr},
                              {"params": mech_params, "lr": tp.mechanism_lr}],
-                            lr=tp.lr, weight_decay=tp.weight_decay)
+                            lr=tp.lr, weight_decay=tp.weight_decay,
+                            fused=device.type == "cuda" or None)  # CUDA: one fused kernel group
     ema = EMA(model, tp.ema_decay)
     diffusion = make_diffusion(params).to(device)
     with torch.no_grad():
         reference = model.normalise(labels)  # NaN where a label is missing
-    loss_module: torch.nn.Module = _LossModule(model, diffusion, reference)
+    # train.compile: the image terms (encoder, causal layer, UNet forward and their backward)
+    # as one compiled graph; what it saves is mostly host time per kernel launch (README:
+    # Performance). The weights' keys and values are those of the plain modules.
+    image_fn: ImageLoss = torch.compile(image_loss, dynamic=False) if tp.compile else image_loss
+    loss_module: torch.nn.Module = _LossModule(model, diffusion, reference, image_fn)
     if dist_info.enabled:
         from torch.nn.parallel import DistributedDataParallel
 
@@ -363,9 +417,6 @@ def train(params: cfg.Params, dataset: Dataset, out_dir: Path, *,
                          " (EMA weights alone: the weights start from them, the optimizer afresh)")
         elif main:
             log.info("starting afresh: %s was written for other settings", source)
-
-    if tp.compile:
-        model.unet.compile()  # in place: state_dict keys stay those of the plain module
 
     quantiles = label_quantiles(dataset.labels[train_idx], params.graph)
 

@@ -14,7 +14,9 @@
 #          train.max_minutes; SMOKE=0 skips the smoke run; CURVES=0 turns evaluate's guidance
 #          and step curves off (a params copy with evaluate.sweep_* = [] everywhere);
 #          PREDICTORS=0 keeps the models/predictors.pt already there (trained anywhere: they need
-#          no GPU) instead of training them beside the model; PYTHON (default python3)
+#          no GPU) instead of training them beside the model; COMPILE=1 sets train.compile
+#          (torch.compile of the loss's image terms) in the profile; UNTIL=evaluate stops after
+#          the evaluate stage; PYTHON (default python3)
 #
 # On one H100 (2026-11-26, profile gpu): smoke 52 s, train 5.5 min + 11 s, evaluate 169 s
 # without the curves and about 2 minutes more with them. On one H200 (2026-11-26, SMOKE=0
@@ -42,9 +44,11 @@ timed() {  # timed LABEL CMD...: run CMD, then print how long it took
     echo "timing: $label $((SECONDS - start)) s" >&2
 }
 
-params_copy() {  # params_copy DEST smoke|nocurves: params.yaml with outputs under DEST's
-    # folder (smoke) or with evaluate's curves off in the base and every profile (nocurves)
+params_copy() {  # params_copy DEST smoke|edit: params.yaml with outputs under DEST's folder
+    # (smoke), or (edit) with evaluate's curves off (CURVES=0) and train.compile on (COMPILE=1)
+    # in the base and every profile
     "$py" - "$@" <<'EOF'
+import os
 import sys
 from pathlib import Path
 
@@ -60,7 +64,10 @@ if kind == "smoke":
                       metrics=f"{root}/metrics.json", report_dir=f"{root}/reports")
 else:
     for section in [d, *d.get("profiles", {}).values()]:
-        section.setdefault("evaluate", {}).update(sweep_guidance=[], sweep_steps=[])
+        if os.environ.get("CURVES", "1") == "0":
+            section.setdefault("evaluate", {}).update(sweep_guidance=[], sweep_steps=[])
+        if os.environ.get("COMPILE", "0") == "1":
+            section.setdefault("train", {}).update(compile=True)
 with open(dest, "w") as f:
     yaml.safe_dump(d, f, sort_keys=False)
 EOF
@@ -86,9 +93,9 @@ if [[ ${SMOKE:-1} != 0 ]]; then
 fi
 
 params=params.yaml
-if [[ ${CURVES:-1} == 0 ]]; then
+if [[ ${CURVES:-1} == 0 || ${COMPILE:-0} == 1 ]]; then
     params=$(mktemp -d)/params.yaml
-    params_copy "$params" nocurves
+    params_copy "$params" edit
 fi
 p=(--params "$params" --profile "$profile")
 minutes=()
@@ -121,6 +128,10 @@ split -b 16700000 -d "$out/model.pt" "$out/model.pt.part-" && rm "$out/model.pt"
 cat "$out/predictors.txt"
 timed evaluate cdae evaluate "${p[@]}"
 cp reports/metrics.json reports/evaluation.md "$out/"
+if [[ ${UNTIL:-} == evaluate ]]; then
+    echo "done (UNTIL=evaluate): $out"
+    exit 0
+fi
 timed encode cdae encode-latents "${p[@]}"
 for name in thickness_2 thickness_4 intensity_120; do
     timed "intervene-$name" cdae intervene "${p[@]}" --name "$name" --skip-foreign

@@ -574,16 +574,19 @@ def test_gpu_run_script_without_dvc(tmp_path: Path) -> None:
     assert "ema" in ck and "optimizer" not in ck and ck["step"] == ck["total_steps"]
     assert "sweep" not in (out / "evaluation.md").read_text()
 
-    # a second job continues from the returned weights and keeps the predictors (PREDICTORS=0)
+    # a second job continues from the returned weights and keeps the predictors (PREDICTORS=0);
+    # UNTIL=evaluate stops after the scorecard
     shutil.copy(tmp_path / "model.pt", d / "models/model.pt")
     (d / "models/checkpoint.pt").unlink(missing_ok=True)
     proc = subprocess.run(["bash", "scripts/gpu_run.sh", str(tmp_path / "out2"), "tiny"], cwd=d,
-                          env=dict(env, PREDICTORS="0"), capture_output=True, text=True)
+                          env=dict(env, PREDICTORS="0", UNTIL="evaluate", COMPILE="1"),
+                          capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     log = proc.stdout + proc.stderr
     assert f"at step {ck['step']} (EMA weights alone" in log
     assert "kept models/predictors.pt" in log and "timing: predictors" not in log
     assert (tmp_path / "out2/metrics.json").is_file()
+    assert "done (UNTIL=evaluate)" in log and "timing: encode" not in log
 
 
 def test_categorical_accuracy_is_split_by_the_set_value_support() -> None:

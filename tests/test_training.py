@@ -203,22 +203,31 @@ def test_mechanisms_learn_from_the_whole_train_split(params, dataset) -> None:
     """train.mechanism_batch > 0: the mechanisms' likelihood is taken on train labels drawn from
     the reference, so it is the same whatever the image batch's labels are (even none); at 0
     it is the image batch's, which has no labelled pair here and so contributes nothing."""
-    from cdae.training import build_model, mechanism_loss
+    from cdae.training import build_model, draw_step, make_diffusion, mechanism_loss
 
     model = build_model(params, dataset.image_shape, dataset.label_mean, dataset.label_std)
+    diffusion = make_diffusion(params)
     reference = model.normalise(torch.as_tensor(dataset.labels, dtype=torch.float32))
     y = torch.zeros(8, model.k)
     unlabelled = torch.zeros(8, model.k, dtype=torch.bool)
     on = dataclasses.replace(params.train, mechanism_batch=64)
     off = dataclasses.replace(params.train, mechanism_batch=0)
+    shape = torch.Size((8, *dataset.image_shape))
+
+    def pick(tp):
+        return draw_step(model, diffusion, shape, tp, torch.Generator().manual_seed(0),
+                         reference=reference).mech_pick
+
+    assert pick(on).shape == (64,) and pick(off) is None
+    assert torch.equal(pick(on), pick(on))  # seeded: the same rows again
     causal = model.causal
-    a = mechanism_loss(causal, y, unlabelled, on, torch.Generator().manual_seed(0), reference)
-    b = mechanism_loss(causal, y + 5, unlabelled, on, torch.Generator().manual_seed(0), reference)
+    a = mechanism_loss(causal, y, unlabelled, pick(on), reference)
+    b = mechanism_loss(causal, y + 5, unlabelled, pick(on), reference)
     assert torch.equal(a, b) and a.abs() > 0  # drawn from the reference, not the batch
     with torch.no_grad():
         whole = model.causal.mechanism_nll(reference, torch.isfinite(reference), reference)
     assert abs(a.item() - whole.item()) < 0.5 * abs(whole.item()) + 0.5  # a sample of it
-    assert float(mechanism_loss(causal, y, unlabelled, off, torch.Generator(), reference)) == 0.0
+    assert float(mechanism_loss(causal, y, unlabelled, pick(off), reference)) == 0.0
 
 
 def test_cosine_schedule_runs_from_lr_to_zero_and_reaches_the_optimizer(
@@ -339,3 +348,37 @@ def test_v_prediction_turns_v_into_eps_and_trains_on_the_v_error(params, dataset
             ab = diffusion.alphas_cumprod[seen_t[-1]]
             assert float(parts.total) == pytest.approx(0.01, rel=1e-3)
             assert float(parts.mse) == pytest.approx(0.01 * float(ab.mean()), rel=1e-3)
+
+
+def test_compiled_image_loss_trains_like_the_eager_one(params, dataset, tmp_path: Path) -> None:
+    """train.compile runs the loss's image terms as one compiled graph: the same loss and
+    gradients as the eager function up to float rounding, the same loss log through `train`,
+    and checkpoint keys of the plain modules."""
+    from cdae.training import build_model, compute_loss, image_loss, make_diffusion
+
+    model = build_model(params, dataset.image_shape, dataset.label_mean, dataset.label_std)
+    diffusion = make_diffusion(params)
+    x0 = torch.as_tensor(dataset.images[:8], dtype=torch.float32) / 127.5 - 1.0
+    y = torch.as_tensor(dataset.labels[:8], dtype=torch.float32)
+    mask = torch.ones(8, model.k, dtype=torch.bool)
+    grads = []
+    for fn in (image_loss, torch.compile(image_loss, dynamic=False)):
+        model.zero_grad(set_to_none=True)
+        parts = compute_loss(model, diffusion, x0, y, mask, 3, params.train,
+                             torch.Generator().manual_seed(0), image_fn=fn)
+        parts.total.backward()
+        grads.append((float(parts.total.detach()), torch.cat([q.grad.flatten() for q in
+                                                     model.parameters() if q.grad is not None])))
+    (loss_a, g_a), (loss_b, g_b) = grads
+    assert loss_b == pytest.approx(loss_a, rel=1e-5) and g_a.shape == g_b.shape
+    assert float((g_a - g_b).norm()) < 1e-4 * float(g_a.norm())
+
+    compiled = dataclasses.replace(params, train=dataclasses.replace(params.train, compile=True))
+    eager = train(params, dataset, tmp_path / "eager", show_progress=False)
+    fast = train(compiled, dataset, tmp_path / "compiled", show_progress=False)
+    for a, b in zip(eager.log_rows, fast.log_rows, strict=True):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert b[k] == pytest.approx(a[k], rel=1e-3, abs=1e-4), k
+    ema_a = load_checkpoint(tmp_path / "eager/model.pt")["ema"]
+    assert ema_a.keys() == load_checkpoint(tmp_path / "compiled/model.pt")["ema"].keys()
