@@ -25,9 +25,9 @@ import torch
 import tempfile
 from pathlib import Path
 
-from benchmarks.bench_train import full, synthetic_dataset
+from benchmarks.bench_train import synthetic_dataset
 from cdae import config
-from cdae.training import build_model, compute_loss, make_diffusion
+from cdae.training import build_model, compute_loss, make_diffusion, train
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,21 +135,25 @@ def main() -> None:
 
 
 def loop_seconds(params: config.Params, steps: int, compiled: bool,
-                 device: config.Device = config.Device.CUDA) -> float:
-    """Seconds per step of `cdae.training.train` on ``device`` over ``steps`` steps, after a first
-    run of 20 steps (cuDNN's algorithm search; with ``compiled`` the compilation too, which the
-    second run reuses)."""
+                 device: config.Device = config.Device.CUDA, warm: int = 20) -> float:
+    """Seconds per step of `cdae.training.train` on ``device``: one run of ``warm + steps``
+    steps, timed between its log rows at step ``warm`` and at the end (so the first steps'
+    cuDNN algorithm search and, with ``compiled``, the compilation are left out)."""
     b = params.train.batch_size
-    times = []
-    for n in (20, steps):
-        tp = dataclasses.replace(params.train, steps=n, log_every=min(params.train.log_every, n),
-                                 checkpoint_every=10 * n, device=device,
-                                 compile=compiled, max_minutes=0.0)
-        loop = dataclasses.replace(params, train=tp)
-        with tempfile.TemporaryDirectory() as tmp:
-            s, _ = full(loop, synthetic_dataset(loop, 8 * b), Path(tmp))
-        times.append(s / n)
-    return times[-1]
+    total = warm + steps
+    tp = dataclasses.replace(params.train, steps=total, log_every=warm,
+                             checkpoint_every=10 * total, device=device, compile=compiled,
+                             max_minutes=0.0)
+    loop = dataclasses.replace(params, train=tp)
+    seen: dict[int, float] = {}
+
+    def on_log(row: dict[str, float]) -> None:
+        seen[int(row["step"])] = time.perf_counter()  # the row is written after a read-back
+
+    with tempfile.TemporaryDirectory() as tmp:
+        train(loop, synthetic_dataset(loop, 8 * b), Path(tmp), on_log=on_log,
+              show_progress=False)
+    return (seen[total] - seen[warm]) / steps
 
 
 if __name__ == "__main__":
