@@ -204,7 +204,10 @@ class CausalLayer(nn.Module):
         y_norm (B, K) standardised labels; mask (B, K) bool. ``reference`` (M, K) standardised
         labels (NaN = missing), e.g. the whole train split: the penalty asks g_i of THOSE values
         to have mean 0 and variance 1, so it does not depend on how a batch is split over
-        data-parallel processes (without it, the batch's own values are used)."""
+        data-parallel processes (without it, the batch's own values are used).
+        Rows are weighted by the mask rather than selected, so the shapes never depend on the
+        data: no host read-back, and ``torch.compile`` takes it whole. A mechanism with no
+        labelled example in the batch contributes exactly 0."""
         total = y_norm.new_zeros(())
         mu = self.prior_mean(y_norm).detach()
         for k in self.order:
@@ -212,28 +215,34 @@ class CausalLayer(nn.Module):
             if not pa:
                 continue
             name = self.names[k]
-            ok = mask[:, k] & mask[:, pa].all(1)
-            if not ok.any():
-                continue
-            loc, log_scale = self.mechanisms[name](self._parent_input(mu, k)[ok])
-            log_sigma = self.mechanisms[name].log_sigma + log_scale
-            v = self.graph.variables[k]
-            if v.is_categorical:
+            if self.graph.variables[k].is_categorical:
                 raise NotImplementedError  # guarded by the model constructor
-            x = y_norm[ok, k]
+            ok = mask[:, k] & mask[:, pa].all(1)  # (B,)
+            count = ok.sum()
+            loc, log_scale = self.mechanisms[name](self._parent_input(mu, k))
+            log_sigma = self.mechanisms[name].log_sigma + log_scale
+            x = torch.where(ok, y_norm[:, k], torch.zeros_like(y_norm[:, k]))
             if name in self.monotone:
                 gmap = self.monotone[name]
                 g = gmap(x)
                 log_det = gmap.log_derivative(x)
-                g_ref = g
                 if reference is not None:
                     col = reference[:, k]
-                    g_ref = gmap(col[torch.isfinite(col)])
-                standardise = (g_ref.mean() ** 2 + (g_ref.var(unbiased=False) - 1.0) ** 2
-                               if g_ref.numel() > 1 else g.new_zeros(()))
+                    fin = torch.isfinite(col)
+                    g_ref = gmap(torch.where(fin, col, torch.zeros_like(col)))
+                else:
+                    g_ref, fin = g, ok
+                n_ref = fin.sum()
+                w_ref = fin.to(g.dtype) / n_ref.clamp(min=1)
+                mean = (g_ref * w_ref).sum()
+                var = ((g_ref - mean).square() * w_ref).sum()
+                standardise = torch.where(n_ref > 1, mean ** 2 + (var - 1.0) ** 2,
+                                          torch.zeros_like(mean))
             else:
                 g, log_det, standardise = x, torch.zeros_like(x), x.new_zeros(())
             eps = (g - loc) / torch.exp(log_sigma)
             nll = 0.5 * eps ** 2 + log_sigma - log_det
-            total = total + nll.mean() + standardise
+            nll_mean = torch.where(ok, nll, torch.zeros_like(nll)).sum() / count.clamp(min=1)
+            total = total + torch.where(count > 0, nll_mean + standardise,
+                                        torch.zeros_like(nll_mean))
         return total

@@ -64,6 +64,9 @@ class CausalDiffAE(nn.Module):
         self.null_cond = nn.Parameter(torch.randn(self.cond_dim) * 0.5)
         self.register_buffer("label_mean", label_mean.clone().float())
         self.register_buffer("label_std", label_std.clone().float())
+        # which variables are categorical, (K,) bool; derived from the graph, not saved
+        self.register_buffer("is_categorical", torch.tensor([v.is_categorical for v in
+                                                             graph.variables]), persistent=False)
         self.prediction = Prediction(prediction)
         if self.prediction is Prediction.V:
             if schedule is None:

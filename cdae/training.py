@@ -88,7 +88,7 @@ class LossParts:
 @dataclass
 class Draws:
     """The random numbers of one training step, drawn before the model runs (so the
-    deterministic rest, :func:`image_loss`, can be compiled as one graph). Shapes are those of
+    deterministic rest, :func:`loss_terms`, can be compiled as one graph). Shapes are those of
     this process's rows of the batch."""
 
     posterior: torch.Tensor  # (B, K*d+S) N(0, 1): the encoder posterior's sample
@@ -131,7 +131,7 @@ def image_loss(model: CausalDiffAE, diffusion: GaussianDiffusion, x0: torch.Tens
                tp: cfg.TrainParams) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
                                              torch.Tensor]:
     """The image terms of the loss, a deterministic function of its inputs (no host reads, no
-    data-dependent shapes: ``train.compile`` compiles it whole). x0 (B, C, H, W) in [-1, 1];
+    data-dependent shapes; part of :func:`loss_terms`). x0 (B, C, H, W) in [-1, 1];
     y (B, K) raw labels; mask (B, K) bool; beta 0-dim tensor (the KL weight at this step).
     Returns (w_t mse + beta * kl_weight * (kl + align), mse, kl, align), 0-dim tensors."""
     b = x0.shape[0]
@@ -143,8 +143,7 @@ def image_loss(model: CausalDiffAE, diffusion: GaussianDiffusion, x0: torch.Tens
 
     y_norm = model.normalise(torch.where(mask, y, torch.zeros_like(y)))
     mu = model.causal.prior_mean(y_norm)
-    is_cat = torch.tensor([v.is_categorical for v in model.graph.variables], device=x0.device)
-    mu = torch.where(is_cat.view(1, -1, 1), mu, mu.detach())  # g_i is fitted by the mechanisms
+    mu = torch.where(model.is_categorical.view(1, -1, 1), mu, mu.detach())  # g_i is fitted by the mechanisms
     sigma = model.params.prior_sigma
     align_per = (z - mu).square().mean(-1) / (2.0 * sigma ** 2)  # (B, K)
     align = (align_per * mask.float()).sum(1).mean()
@@ -174,7 +173,24 @@ def image_loss(model: CausalDiffAE, diffusion: GaussianDiffusion, x0: torch.Tens
     return denoise + beta * tp.kl_weight * (kl + align), mse, kl, align
 
 
-ImageLoss = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
+def loss_terms(model: CausalDiffAE, diffusion: GaussianDiffusion, x0: torch.Tensor,
+               y: torch.Tensor, mask: torch.Tensor, draws: Draws, beta: torch.Tensor,
+               tp: cfg.TrainParams, reference: torch.Tensor | None
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The whole loss of one step given its random numbers: (total, mse, kl, align, mech),
+    0-dim tensors; :func:`image_loss` plus ``mechanism_weight`` times the mechanisms' label
+    likelihood (:func:`mechanism_loss`). Deterministic, no host reads, no data-dependent
+    shapes: ``train.compile`` compiles it whole."""
+    if tp.mechanism_weight > 0:
+        y_norm = model.normalise(torch.where(mask, y, torch.zeros_like(y)))
+        mech = mechanism_loss(model.causal, y_norm, mask, draws.mech_pick, reference)
+    else:
+        mech = x0.new_zeros(())
+    image, mse, kl, align = image_loss(model, diffusion, x0, y, mask, draws, beta, tp)
+    return image + tp.mechanism_weight * mech, mse, kl, align, mech
+
+
+LossTerms = Callable[..., tuple[torch.Tensor, ...]]
 
 
 def compute_loss(model: CausalDiffAE, diffusion: GaussianDiffusion, x0: torch.Tensor,
@@ -182,7 +198,8 @@ def compute_loss(model: CausalDiffAE, diffusion: GaussianDiffusion, x0: torch.Te
                  gen: torch.Generator, shard: slice | None = None,
                  global_batch: int | None = None,
                  reference: torch.Tensor | None = None,
-                 image_fn: ImageLoss = image_loss) -> LossParts:
+                 terms_fn: LossTerms = loss_terms,
+                 beta: torch.Tensor | None = None) -> LossParts:
     """The per-batch loss of METHOD.md.
 
     x0 (B, C, H, W) in [-1, 1]; y (B, K) raw labels; mask (B, K) bool, the FIXED label mask.
@@ -192,18 +209,15 @@ def compute_loss(model: CausalDiffAE, diffusion: GaussianDiffusion, x0: torch.Te
     ``diffusion.prediction: v`` (the v error); ``mse`` reported is the unweighted eps error.
     Data-parallel: the rows are ``shard`` of a ``global_batch`` (see :func:`draw_step`).
     ``reference`` (M, K) standardised train labels fix the scale of the monotone prior maps
-    (see :meth:`CausalLayer.mechanism_nll`). ``image_fn`` is :func:`image_loss` or its
-    compiled form (``train.compile``).
+    (see :meth:`CausalLayer.mechanism_nll`). ``terms_fn`` is :func:`loss_terms` or its
+    compiled form (``train.compile``); ``beta`` the 0-dim KL weight of ``step`` on x0's device
+    when the caller holds it there already (the training loop: no host-to-device copy a step).
     """
     draws = draw_step(model, diffusion, x0.shape, tp, gen, shard, global_batch, reference)
-    beta = torch.tensor(beta_at(step, tp), dtype=torch.float32).to(x0.device, non_blocking=True)
-    image, mse, kl, align = image_fn(model, diffusion, x0, y, mask, draws, beta, tp)
-    if tp.mechanism_weight > 0:
-        y_norm = model.normalise(torch.where(mask, y, torch.zeros_like(y)))
-        mech = mechanism_loss(model.causal, y_norm, mask, draws.mech_pick, reference)
-    else:
-        mech = x0.new_zeros(())
-    total = image + tp.mechanism_weight * mech
+    if beta is None:
+        beta = torch.tensor(beta_at(step, tp), dtype=torch.float32, device=x0.device)
+    total, mse, kl, align, mech = terms_fn(model, diffusion, x0, y, mask, draws, beta, tp,
+                                           reference)
     return LossParts(total, mse.detach(), kl.detach(), align.detach(), mech.detach())
 
 
@@ -285,18 +299,22 @@ class _LossModule(torch.nn.Module):
     forward(...) = compute_loss(model, diffusion, ...)."""
 
     def __init__(self, model: CausalDiffAE, diffusion: GaussianDiffusion,
-                 reference: torch.Tensor, image_fn: ImageLoss = image_loss) -> None:
+                 reference: torch.Tensor, tp: cfg.TrainParams,
+                 terms_fn: LossTerms = loss_terms) -> None:
         super().__init__()
         self.model = model
         self.diffusion = diffusion
         self.reference = reference  # (N_train, K) standardised labels, NaN = missing
-        self.image_fn = image_fn
+        self.terms_fn = terms_fn
+        # beta of every step, on the device once (indexing it needs no host-to-device copy)
+        self.betas = torch.tensor([beta_at(i, tp) for i in range(tp.steps + 1)],
+                                  dtype=torch.float32, device=reference.device)
 
     def forward(self, x0: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, step: int,
                 tp: cfg.TrainParams, gen: torch.Generator, shard: slice | None,
                 global_batch: int) -> LossParts:
         return compute_loss(self.model, self.diffusion, x0, y, mask, step, tp, gen, shard,
-                            global_batch, self.reference, self.image_fn)
+                            global_batch, self.reference, self.terms_fn, self.betas[step])
 
 
 @dataclass
@@ -323,12 +341,24 @@ def label_quantiles(labels: np.ndarray, graph: Any) -> list[list[float]]:
     return out
 
 
-def batch_indices(n: int, batch: int, step: int, seed: int) -> np.ndarray:
-    """Indices of the examples in training step ``step`` (epoch permutations from seed+epoch)."""
-    per_epoch = max(n // batch, 1)
-    epoch, k = divmod(step, per_epoch)
-    perm = np.random.default_rng([seed, epoch]).permutation(n)
-    return perm[k * batch:(k + 1) * batch] if n >= batch else perm
+class BatchIndices:
+    """The examples of each training step, as device tensors: epoch e is the permutation drawn
+    from (seed, e), cut into n // batch steps (the whole permutation when n < batch). Each
+    epoch's permutation is copied to the device once and a step takes a slice of it (a
+    host-to-device copy from pageable memory waits for the device, so one a step would stall a
+    GPU's queue). A run resumed at step k gets the same batches as the uninterrupted run."""
+
+    def __init__(self, n: int, batch: int, seed: int, device: torch.device) -> None:
+        self.n, self.batch, self.seed, self.device = n, batch, seed, device
+        self._epoch, self._perm = -1, torch.empty(0, dtype=torch.long)
+
+    def __call__(self, step: int) -> torch.Tensor:
+        epoch, k = divmod(step, max(self.n // self.batch, 1))
+        if epoch != self._epoch:
+            perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+            self._epoch, self._perm = epoch, torch.as_tensor(perm, device=self.device)
+        return (self._perm[k * self.batch:(k + 1) * self.batch] if self.n >= self.batch
+                else self._perm)
 
 
 def train(params: cfg.Params, dataset: Dataset, out_dir: Path, *,
@@ -383,11 +413,11 @@ def train(params: cfg.Params, dataset: Dataset, out_dir: Path, *,
     diffusion = make_diffusion(params).to(device)
     with torch.no_grad():
         reference = model.normalise(labels)  # NaN where a label is missing
-    # train.compile: the image terms (encoder, causal layer, UNet forward and their backward)
-    # as one compiled graph; what it saves is mostly host time per kernel launch (README:
-    # Performance). The weights' keys and values are those of the plain modules.
-    image_fn: ImageLoss = torch.compile(image_loss, dynamic=False) if tp.compile else image_loss
-    loss_module: torch.nn.Module = _LossModule(model, diffusion, reference, image_fn)
+    # train.compile: the whole loss (encoder, causal layer, mechanisms, UNet forward and their
+    # backward) as one compiled graph; what it saves is mostly host time per kernel launch
+    # (README: Performance). The weights' keys and values are those of the plain modules.
+    terms_fn: LossTerms = torch.compile(loss_terms, dynamic=False) if tp.compile else loss_terms
+    loss_module: torch.nn.Module = _LossModule(model, diffusion, reference, tp, terms_fn)
     if dist_info.enabled:
         from torch.nn.parallel import DistributedDataParallel
 
@@ -433,6 +463,7 @@ def train(params: cfg.Params, dataset: Dataset, out_dir: Path, *,
                 "optimizer": opt.state_dict(), "log": log_rows}
 
     n = train_idx.size
+    batches = BatchIndices(n, tp.batch_size, tp.seed, device)
     t0 = time.perf_counter()
     budget = tp.max_minutes * 60.0  # seconds of this invocation's training loop, 0 = none
     stopped = False
@@ -447,8 +478,8 @@ def train(params: cfg.Params, dataset: Dataset, out_dir: Path, *,
     with _StopFlag() as stop, Progress(tp.steps, "train", unit="step", start=start,
                                        enabled=show_progress and main) as bar:
         while step < tp.steps:
-            rows = batch_indices(n, tp.batch_size, step, tp.seed)
-            idx = torch.as_tensor(rows if shard is None else rows[shard], device=device)
+            idx = batches(step)
+            idx = idx if shard is None else idx[shard]
             gen = torch.Generator(device=device).manual_seed(tp.seed * 1_000_003 + step)
             parts = loss_module(images[idx], labels[idx], mask[idx], step, tp, gen, shard,
                                 tp.batch_size)

@@ -350,11 +350,11 @@ def test_v_prediction_turns_v_into_eps_and_trains_on_the_v_error(params, dataset
             assert float(parts.mse) == pytest.approx(0.01 * float(ab.mean()), rel=1e-3)
 
 
-def test_compiled_image_loss_trains_like_the_eager_one(params, dataset, tmp_path: Path) -> None:
-    """train.compile runs the loss's image terms as one compiled graph: the same loss and
+def test_compiled_loss_trains_like_the_eager_one(params, dataset, tmp_path: Path) -> None:
+    """train.compile runs the whole loss as one compiled graph: the same loss and
     gradients as the eager function up to float rounding, the same loss log through `train`,
     and checkpoint keys of the plain modules."""
-    from cdae.training import build_model, compute_loss, image_loss, make_diffusion
+    from cdae.training import build_model, compute_loss, loss_terms, make_diffusion
 
     model = build_model(params, dataset.image_shape, dataset.label_mean, dataset.label_std)
     diffusion = make_diffusion(params)
@@ -362,10 +362,11 @@ def test_compiled_image_loss_trains_like_the_eager_one(params, dataset, tmp_path
     y = torch.as_tensor(dataset.labels[:8], dtype=torch.float32)
     mask = torch.ones(8, model.k, dtype=torch.bool)
     grads = []
-    for fn in (image_loss, torch.compile(image_loss, dynamic=False)):
+    reference = model.normalise(torch.as_tensor(dataset.labels, dtype=torch.float32))
+    for fn in (loss_terms, torch.compile(loss_terms, dynamic=False)):
         model.zero_grad(set_to_none=True)
         parts = compute_loss(model, diffusion, x0, y, mask, 3, params.train,
-                             torch.Generator().manual_seed(0), image_fn=fn)
+                             torch.Generator().manual_seed(0), reference=reference, terms_fn=fn)
         parts.total.backward()
         grads.append((float(parts.total.detach()), torch.cat([q.grad.flatten() for q in
                                                      model.parameters() if q.grad is not None])))
@@ -382,3 +383,20 @@ def test_compiled_image_loss_trains_like_the_eager_one(params, dataset, tmp_path
             assert b[k] == pytest.approx(a[k], rel=1e-3, abs=1e-4), k
     ema_a = load_checkpoint(tmp_path / "eager/model.pt")["ema"]
     assert ema_a.keys() == load_checkpoint(tmp_path / "compiled/model.pt")["ema"].keys()
+
+
+def test_batches_are_epoch_permutations_and_resume_exactly() -> None:
+    """Each epoch visits every example at most once (n // batch steps of a permutation); the
+    next epoch is another permutation; an instance created at step k (a resumed run) returns
+    what the uninterrupted one does."""
+    from cdae.training import BatchIndices
+
+    cpu = torch.device("cpu")
+    run = BatchIndices(10, 3, seed=0, device=cpu)
+    epoch0 = torch.cat([run(s) for s in range(3)])
+    assert epoch0.shape == (9,) and len(set(epoch0.tolist())) == 9 and int(epoch0.max()) < 10
+    epoch1 = torch.cat([run(s) for s in range(3, 6)])
+    assert len(set(epoch1.tolist())) == 9 and not torch.equal(epoch0, epoch1)
+    assert torch.equal(BatchIndices(10, 3, seed=0, device=cpu)(4), run(4))
+    assert not torch.equal(BatchIndices(10, 3, seed=1, device=cpu)(4), run(4))
+    assert BatchIndices(2, 3, seed=0, device=cpu)(5).shape == (2,)  # n < batch: all of them
