@@ -143,7 +143,8 @@ def image_loss(model: CausalDiffAE, diffusion: GaussianDiffusion, x0: torch.Tens
 
     y_norm = model.normalise(torch.where(mask, y, torch.zeros_like(y)))
     mu = model.causal.prior_mean(y_norm)
-    mu = torch.where(model.is_categorical.view(1, -1, 1), mu, mu.detach())  # g_i is fitted by the mechanisms
+    # g_i is fitted by the mechanisms: only the categorical embeddings learn from the images
+    mu = torch.where(model.is_categorical.view(1, -1, 1), mu, mu.detach())
     sigma = model.params.prior_sigma
     align_per = (z - mu).square().mean(-1) / (2.0 * sigma ** 2)  # (B, K)
     align = (align_per * mask.float()).sum(1).mean()

@@ -104,3 +104,31 @@ def test_mechanism_learns_deepscm_counterfactual_intensity() -> None:
     err = np.abs(i_model - i_true).mean()
     assert err < 3.0, err
     assert np.abs(i[:m] - i_true).mean() > 30  # do-nothing is far worse
+
+
+def test_mechanism_likelihood_ignores_unlabelled_rows_even_nan() -> None:
+    """Rows are masked by weight, not selected: the loss over a batch with unlabelled rows (NaN
+    labels among them) equals the loss over its labelled rows alone, and the gradients stay
+    finite; with a reference the penalty ignores its NaN rows the same way."""
+    torch.manual_seed(0)
+    g = CausalGraph.from_dict({"variables": [{"name": "thickness"}, {"name": "intensity"}],
+                               "edges": [["thickness", "intensity"]]})
+    layer = CausalLayer(g, latent_dim=2, hidden=8)
+    y = torch.randn(12, 2)
+    mask = torch.ones(12, 2, dtype=torch.bool)
+    mask[8:, 1] = False  # the child unlabelled
+    mask[6:8, 0] = False  # a parent unlabelled
+    noisy = y.clone()
+    noisy[8:, 1] = float("nan")
+    noisy[6:8, 0] = float("nan")
+    reference = torch.cat([y, torch.full((3, 2), float("nan"))])
+    for ref, ref_alone in ((None, None), (reference, y)):
+        layer.zero_grad()
+        loss = layer.mechanism_nll(noisy, mask, ref)
+        loss.backward()
+        grads = [p.grad for p in layer.parameters() if p.grad is not None]
+        assert grads and all(torch.isfinite(q).all() for q in grads)
+        alone = layer.mechanism_nll(y[:6], torch.ones(6, 2, dtype=torch.bool), ref_alone)
+        torch.testing.assert_close(loss, alone, rtol=1e-5, atol=1e-6)
+    none = layer.mechanism_nll(noisy, torch.zeros_like(mask), reference)
+    assert float(none) == 0.0  # no labelled pair: nothing, not even the penalty
