@@ -87,3 +87,21 @@ def test_resume_with_another_process_count(tmp_path: Path) -> None:
     mixed = load_checkpoint(tmp_path / "mixed" / "model.pt")
     assert mixed["step"] == STEPS
     assert max_diff(single["ema"], mixed["ema"]) < ATOL
+
+
+def test_two_processes_with_a_compiled_loss_match_one_eager(tmp_path: Path) -> None:
+    """train.compile under DistributedDataParallel (the `gpu` profile under torchrun): the
+    compiled loss's backward still reaches DDP's gradient averaging, so 2 compiled processes
+    train what 1 eager process does."""
+    write_data(tmp_path)
+    train(make_params(tmp_path, "single", STEPS), 1)
+    params = make_params(tmp_path, "compiled", STEPS)
+    raw = yaml.safe_load(params.read_text())
+    raw["profiles"]["tiny"]["train"]["compile"] = True
+    params.write_text(yaml.safe_dump(raw))
+    train(params, 2)
+    single = load_checkpoint(tmp_path / "single" / "model.pt")
+    compiled = load_checkpoint(tmp_path / "compiled" / "model.pt")
+    assert compiled["step"] == STEPS
+    assert max_diff(single["model"], compiled["model"]) < ATOL
+    assert max_diff(single["ema"], compiled["ema"]) < ATOL
