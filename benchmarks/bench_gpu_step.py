@@ -8,7 +8,8 @@ clipping, AdamW on one fixed batch) under variants of memory format (NCHW / chan
 autocast, batch size and ``torch.compile`` of the UNet (``--compile``: default and CUDA-graph
 modes), and prints ms/step, images/s and the ratio to the first row (the settings `cdae train`
 uses); last, the whole training loop (EMA, logging, batch indexing) at the profile's settings,
-eager and with ``train.compile`` (``--loop-only``: those two rows alone).
+eager and with ``train.compile`` in each ``train.compile_mode`` (``--loop-only``: those rows
+alone).
 Same batch size, twice the time = twice the cost; 4x the batch at about the same time = the step
 is bound by kernel launches and host work, not by the GPU's arithmetic.
 ``--trace`` adds a torch.profiler table of the baseline's most expensive ops (CUDA and host).
@@ -126,16 +127,19 @@ def main() -> None:
         batch = v.batch or b
         print(f"{v.name:40s} {s * 1e3:8.1f} ms/step {batch / s:9.0f} images/s "
               f"time x{s / base:5.2f}", flush=True)
-    for compiled in (False, True):
-        s = loop_seconds(params, 3 * args.steps, compiled)
+    for compiled, mode in ((False, config.CompileMode.DEFAULT),
+                           (True, config.CompileMode.DEFAULT),
+                           (True, config.CompileMode.REDUCE_OVERHEAD)):
+        s = loop_seconds(params, 3 * args.steps, compiled, mode=mode)
         base = base or s
-        name = "the whole training loop" + (", train.compile" if compiled else "")
+        name = "the whole training loop" + (f", train.compile {mode.value}" if compiled else "")
         print(f"{name:40s} {s * 1e3:8.1f} ms/step {b / s:9.0f} images/s time x{s / base:5.2f}",
               flush=True)
 
 
 def loop_seconds(params: config.Params, steps: int, compiled: bool,
-                 device: config.Device = config.Device.CUDA, warm: int = 20) -> float:
+                 device: config.Device = config.Device.CUDA, warm: int = 20,
+                 mode: config.CompileMode = config.CompileMode.DEFAULT) -> float:
     """Seconds per step of `cdae.training.train` on ``device``: one run of ``warm + steps``
     steps, timed between its log rows at step ``warm`` and at the end (so the first steps'
     cuDNN algorithm search and, with ``compiled``, the compilation are left out)."""
@@ -143,7 +147,7 @@ def loop_seconds(params: config.Params, steps: int, compiled: bool,
     total = warm + steps
     tp = dataclasses.replace(params.train, steps=total, log_every=warm,
                              checkpoint_every=10 * total, device=device, compile=compiled,
-                             max_minutes=0.0)
+                             compile_mode=mode, max_minutes=0.0)
     loop = dataclasses.replace(params, train=tp)
     seen: dict[int, float] = {}
 

@@ -45,7 +45,7 @@ def config_hash(params_dict: dict[str, Any]) -> str:
                         if k not in SAMPLING_KEYS}  # not training settings
     sub["train"] = {k: v for k, v in (sub["train"] or {}).items()
                     if k not in ("steps", "max_minutes", "checkpoint_every", "log_every",
-                                 "threads", "device", "compile")}
+                                 "threads", "device", "compile", "compile_mode")}
     return hashlib.sha256(json.dumps(sub, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

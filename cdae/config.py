@@ -114,6 +114,13 @@ class Prediction(str, enum.Enum):
     V = "v"  # v = sqrt(ab_t) eps - sqrt(1 - ab_t) x0 (Salimans & Ho 2022): near x0 at high noise
 
 
+class CompileMode(str, enum.Enum):
+    """How ``train.compile`` compiles the loss (torch.compile's ``mode``)."""
+
+    DEFAULT = "default"  # Inductor's fused kernels, launched one by one from Python
+    REDUCE_OVERHEAD = "reduce-overhead"  # and replayed as CUDA graphs (CUDA only; else default)
+
+
 class LrSchedule(str, enum.Enum):
     """Learning rate over the ``train.steps`` of a run (both AdamW groups alike)."""
 
@@ -258,6 +265,7 @@ class TrainParams:
     bf16: bool = True  # autocast on CUDA only
     bf16_cpu: bool = False  # autocast on the CPU too (fast only with native bf16: AVX512-BF16/AMX)
     compile: bool = False
+    compile_mode: CompileMode = CompileMode.DEFAULT
     threads: int = field(default=0, metadata=NON_NEGATIVE)  # torch CPU threads, 0 = all cores
     seed: int = 0
 

@@ -417,7 +417,10 @@ def train(params: cfg.Params, dataset: Dataset, out_dir: Path, *,
     # train.compile: the whole loss (encoder, causal layer, mechanisms, UNet forward and their
     # backward) as one compiled graph; what it saves is mostly host time per kernel launch
     # (README: Performance). The weights' keys and values are those of the plain modules.
-    terms_fn: LossTerms = torch.compile(loss_terms, dynamic=False) if tp.compile else loss_terms
+    terms_fn: LossTerms = (torch.compile(loss_terms, dynamic=False, mode=tp.compile_mode.value)
+                           if tp.compile else loss_terms)
+    cuda_graphs = (tp.compile and tp.compile_mode is cfg.CompileMode.REDUCE_OVERHEAD
+                   and device.type == "cuda")
     loss_module: torch.nn.Module = _LossModule(model, diffusion, reference, tp, terms_fn)
     if dist_info.enabled:
         from torch.nn.parallel import DistributedDataParallel
@@ -479,6 +482,8 @@ def train(params: cfg.Params, dataset: Dataset, out_dir: Path, *,
     with _StopFlag() as stop, Progress(tp.steps, "train", unit="step", start=start,
                                        enabled=show_progress and main) as bar:
         while step < tp.steps:
+            if cuda_graphs:  # a new step: the graphs may reuse the last step's output memory
+                torch.compiler.cudagraph_mark_step_begin()
             idx = batches(step)
             idx = idx if shard is None else idx[shard]
             gen = torch.Generator(device=device).manual_seed(tp.seed * 1_000_003 + step)
