@@ -127,12 +127,13 @@ def draw_step(model: CausalDiffAE, diffusion: GaussianDiffusion, image_shape: to
 
 
 def image_loss(model: CausalDiffAE, diffusion: GaussianDiffusion, x0: torch.Tensor,
-               y: torch.Tensor, mask: torch.Tensor, draws: Draws, beta: torch.Tensor,
+               y_norm: torch.Tensor, mask: torch.Tensor, draws: Draws, beta: torch.Tensor,
                tp: cfg.TrainParams) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
                                              torch.Tensor]:
     """The image terms of the loss, a deterministic function of its inputs (no host reads, no
     data-dependent shapes; part of :func:`loss_terms`). x0 (B, C, H, W) in [-1, 1];
-    y (B, K) raw labels; mask (B, K) bool; beta 0-dim tensor (the KL weight at this step).
+    y_norm (B, K) standardised labels (masked ones are arbitrary); mask (B, K) bool; beta 0-dim
+    tensor (the KL weight at this step).
     Returns (w_t mse + beta * kl_weight * (kl + align), mse, kl, align), 0-dim tensors."""
     b = x0.shape[0]
     mean, logvar = model.encode(x0)
@@ -141,7 +142,6 @@ def image_loss(model: CausalDiffAE, diffusion: GaussianDiffusion, x0: torch.Tens
     u, style = model.split_latent(mean + std * draws.posterior)
     z = model.causal.causal_layer(u)
 
-    y_norm = model.normalise(torch.where(mask, y, torch.zeros_like(y)))
     mu = model.causal.prior_mean(y_norm)
     # g_i is fitted by the mechanisms: only the categorical embeddings learn from the images
     mu = torch.where(model.is_categorical.view(1, -1, 1), mu, mu.detach())
@@ -182,12 +182,12 @@ def loss_terms(model: CausalDiffAE, diffusion: GaussianDiffusion, x0: torch.Tens
     0-dim tensors; :func:`image_loss` plus ``mechanism_weight`` times the mechanisms' label
     likelihood (:func:`mechanism_loss`). Deterministic, no host reads, no data-dependent
     shapes: ``train.compile`` compiles it whole."""
+    y_norm = model.normalise(torch.where(mask, y, torch.zeros_like(y)))
     if tp.mechanism_weight > 0:
-        y_norm = model.normalise(torch.where(mask, y, torch.zeros_like(y)))
         mech = mechanism_loss(model.causal, y_norm, mask, draws.mech_pick, reference)
     else:
         mech = x0.new_zeros(())
-    image, mse, kl, align = image_loss(model, diffusion, x0, y, mask, draws, beta, tp)
+    image, mse, kl, align = image_loss(model, diffusion, x0, y_norm, mask, draws, beta, tp)
     return image + tp.mechanism_weight * mech, mse, kl, align, mech
 
 
