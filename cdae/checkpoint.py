@@ -38,9 +38,14 @@ def config_hash(params_dict: dict[str, Any]) -> str:
     """Hash of the settings that determine a training run (for safe resume). ``train.steps`` is
     left out: training a finished run for more steps continues it (as does ``train.max_minutes``:
     a run stopped by its time budget resumes); so are settings that only
-    affect sampling (``diffusion.inversion_iters``, ``solver``, ``spacing``) or bookkeeping."""
+    affect sampling (``diffusion.inversion_iters``, ``solver``, ``spacing``) or bookkeeping, and
+    the variables' declared ranges (they bound ``do()`` only: :meth:`CausalGraph.structure`)."""
     keys = ("graph", "data", "model", "diffusion", "train", "seed")
     sub = {k: params_dict.get(k) for k in keys}
+    if isinstance(sub["graph"], dict):
+        sub["graph"] = dict(sub["graph"], variables=[
+            {k: v for k, v in var.items() if k != "range"}
+            for var in sub["graph"].get("variables", [])])
     sub["diffusion"] = {k: v for k, v in (sub["diffusion"] or {}).items()
                         if k not in SAMPLING_KEYS}  # not training settings
     sub["train"] = {k: v for k, v in (sub["train"] or {}).items()

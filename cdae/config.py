@@ -365,6 +365,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         except ValueError:
             raise ConfigError(f"{key}: {value!r} is not valid",
                               hint=f"use {_type_name(tp)}") from None
+    if tp is CausalGraph:  # its own parser: variables, ranges, edges, acyclicity
+        return CausalGraph.from_dict(value, key)
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key)
     if tp is bool:
@@ -394,8 +396,6 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         return types.MappingProxyType(
             {_coerce(k, kt, f"{key}"): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()})
-    if tp is CausalGraph:
-        return CausalGraph.from_dict(value, key)
     raise TypeError(f"unsupported annotation {tp!r} at {key}")  # a programming error
 
 

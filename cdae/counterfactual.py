@@ -32,7 +32,8 @@ def parse_do(items: Iterable[str], graph: CausalGraph) -> dict[str, float]:
     """Parse ``["thickness=2.0", "digit=3"]`` into ``{"thickness": 2.0, "digit": 3.0}``.
 
     Raises InterventionError for a malformed item, an unknown variable, a non-number, a value
-    that is not one of a categorical variable's classes, or the same variable twice.
+    that is not one of a categorical variable's classes or lies outside a continuous variable's
+    declared range, or the same variable twice.
     """
     out: dict[str, float] = {}
     for item in items:
@@ -55,7 +56,7 @@ def parse_values(spec: str, name: str, graph: CausalGraph) -> list[float]:
     ``START:STOP:COUNT`` gives COUNT evenly spaced values, both ends included (like
     ``numpy.linspace``); ``1,2.5,3`` gives the listed values in that order. A sweep has at least
     2 values; each is validated as in ``--do`` (a finite number, one of a categorical variable's
-    classes). Raises InterventionError naming the problem.
+    classes, inside the declared range). Raises InterventionError naming the problem.
     """
     graph.require(name)
     text = spec.strip()
@@ -111,6 +112,12 @@ def add_intervention(do: dict[str, float], name: str, value: str | float,
     if var.is_categorical and (number != round(number) or not 0 <= number < var.classes):
         raise InterventionError(f"value '{value}' for '{name}' is not one of its classes",
                                 hint=f"use an integer 0..{var.classes - 1}")
+    if var.outside(number):
+        span = var.describe_range()
+        unit = f" {var.unit}" if var.unit and var.unit != span else ""
+        raise InterventionError(f"value '{value}' for '{name}' is outside its range {span}{unit}",
+                                hint=f"choose a value in {span}, or widen {name}'s range under "
+                                "graph.variables in params.yaml")
     do[name] = number
 
 

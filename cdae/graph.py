@@ -9,6 +9,7 @@ offending key path in the message.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Iterable, Mapping
@@ -28,13 +29,18 @@ class Variable:
     """One causal variable.
 
     ``unit`` names the raw unit users speak (e.g. ``px``); ``classes`` is the number of classes of
-    a categorical variable (values 0..classes-1).
+    a categorical variable (values 0..classes-1). ``range`` (continuous only, optional) is the
+    closed interval (low, high), in ``unit``, of the values the variable can take at all (e.g.
+    0..255 for a pixel intensity): ``do()`` refuses a value outside it, and a counterfactual that
+    propagates a descendant outside it is flagged. It is a declaration about the variable, not
+    the training support (which ``intervene`` judges from the data).
     """
 
     name: str
     type: VarType
     unit: str = ""
     classes: int = 0
+    range: tuple[float, float] | None = None
 
     @property
     def is_categorical(self) -> bool:
@@ -46,7 +52,17 @@ class Variable:
             out["unit"] = self.unit
         if self.is_categorical:
             out["classes"] = self.classes
+        if self.range is not None:
+            out["range"] = list(self.range)
         return out
+
+    def outside(self, value: float) -> bool:
+        """Whether ``value`` (raw units) lies outside the declared range (False without one)."""
+        return self.range is not None and not self.range[0] <= value <= self.range[1]
+
+    def describe_range(self) -> str:
+        """``0..14``-style text of the declared range ("" without one)."""
+        return "" if self.range is None else f"{self.range[0]:g}..{self.range[1]:g}"
 
 
 @dataclass(frozen=True)
@@ -120,6 +136,14 @@ class CausalGraph:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
 
+    def structure(self) -> dict[str, Any]:
+        """What a trained model or a dataset depends on: :meth:`to_dict` without the declared
+        ranges, which only bound what ``do()`` accepts (so they can change after training)."""
+        out = self.to_dict()
+        for v in out["variables"]:
+            v.pop("range", None)
+        return out
+
     # ------------------------------------------------------------------ queries
     @property
     def names(self) -> tuple[str, ...]:
@@ -176,10 +200,12 @@ class CausalGraph:
         return tuple(n for n in self.topological_order() if n in found and n not in start)
 
     def describe(self) -> str:
-        """Human-readable text, one line per variable: ``intensity [0..255] <- thickness``."""
+        """Human-readable text, one line per variable: ``thickness [px, range 0..14] (root)``."""
         lines = []
         for v in self.variables:
             kind = f"{v.classes} classes" if v.is_categorical else (v.unit or "continuous")
+            if v.range is not None:
+                kind += f", range {v.describe_range()}"
             ps = self.parents(v.name)
             lines.append(f"{v.name} [{kind}]" + (f" <- {', '.join(ps)}" if ps else " (root)"))
         return "\n".join(lines)
@@ -208,10 +234,10 @@ class CausalGraph:
 def _parse_variable(raw: Any, key: str) -> Variable:
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{key}: expected a mapping with name and type")
-    unknown = set(raw) - {"name", "type", "unit", "classes"}
+    unknown = set(raw) - {"name", "type", "unit", "classes", "range"}
     if unknown:
         raise ConfigError(f"{key}.{sorted(unknown)[0]}: unknown key",
-                          hint="allowed keys: name, type, unit, classes")
+                          hint="allowed keys: name, type, unit, classes, range")
     name = raw.get("name")
     if not isinstance(name, str) or not name.isidentifier():
         raise ConfigError(f"{key}.name: expected an identifier (letters, digits, _), got {name!r}")
@@ -230,4 +256,23 @@ def _parse_variable(raw: Any, key: str) -> Variable:
                               f"got {classes!r}")
     elif classes not in (0, None):
         raise ConfigError(f"{key}.classes: only categorical variables have classes")
-    return Variable(name=name, type=vtype, unit=unit, classes=int(classes or 0))
+    return Variable(name=name, type=vtype, unit=unit, classes=int(classes or 0),
+                    range=_parse_range(raw.get("range"), vtype, f"{key}.range"))
+
+
+def _parse_range(raw: Any, vtype: VarType, key: str) -> tuple[float, float] | None:
+    """``[low, high]`` (finite numbers, low < high) of a continuous variable, or None."""
+    if raw is None:
+        return None
+    if vtype is VarType.CATEGORICAL:
+        raise ConfigError(f"{key}: only continuous variables have a range",
+                          hint="a categorical variable's values are its classes")
+    ok = (isinstance(raw, (list, tuple)) and len(raw) == 2
+          and all(isinstance(b, (int, float)) and not isinstance(b, bool)
+                  and math.isfinite(b) for b in raw))
+    if not ok:
+        raise ConfigError(f"{key}: expected [low, high] (two finite numbers), got {raw!r}")
+    low, high = float(raw[0]), float(raw[1])
+    if not low < high:
+        raise ConfigError(f"{key}: low {low:g} must be below high {high:g}")
+    return (low, high)

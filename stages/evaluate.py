@@ -572,7 +572,7 @@ def _load_predictors(path: Path, ds: Dataset):
     from cdae.predictors import Predictors
 
     pred = Predictors.load(path)
-    if pred.graph.to_dict() != ds.graph.to_dict() or pred.image_shape != ds.image_shape:
+    if pred.graph.structure() != ds.graph.structure() or pred.image_shape != ds.image_shape:
         raise DataError(f"{path} was trained on another graph or image size than the dataset",
                         hint="re-run `cdae train-predictors`")
     return pred

@@ -17,10 +17,12 @@ def _variables(graph, labels: np.ndarray | None) -> list[dict[str, object]]:
                                   "parents": list(graph.parents(v.name))}
         if v.is_categorical:
             row["classes"] = v.classes
+        if v.range is not None:  # declared: what do() accepts
+            row["range"] = list(v.range)
         if labels is not None:
             col = labels[:, j][np.isfinite(labels[:, j])]
-            if col.size:
-                row["range"] = [round(float(col.min()), 4), round(float(col.max()), 4)]
+            if col.size:  # the labels' own min and max
+                row["observed"] = [round(float(col.min()), 4), round(float(col.max()), 4)]
                 row["labelled"] = int(col.size)
         out.append(row)
     return out
@@ -91,8 +93,8 @@ def format_info(r: dict[str, object]) -> str:
         if k in r:
             lines.append(f"  {k}: {r[k]}")
     for v in r.get("variables", []):  # type: ignore[union-attr]
-        extra = ", ".join(f"{k} {v[k]}" for k in ("unit", "classes", "range", "train_range",
-                                                   "labelled") if v.get(k) not in (None, ""))
+        extra = ", ".join(f"{k} {v[k]}" for k in ("unit", "classes", "range", "observed",
+                                                   "train_range", "labelled") if v.get(k) not in (None, ""))
         lines.append(f"  variable {v['name']} ({v['type']}{', ' + extra if extra else ''})")
     if "graph" in r:
         lines.append("  graph:")

@@ -158,13 +158,35 @@ def support_notes(graph, do: dict[str, float], off: dict[str, float], n: int) ->
     return notes
 
 
+def range_notes(graph, do: dict[str, float], parents_cf: np.ndarray) -> list[str]:
+    """A warning per variable that ``do`` did not set whose counterfactual value (parents_cf
+    (N, K) raw, columns in ``graph.names`` order) leaves its declared range for some images: a
+    learned mechanism extrapolating past what the variable can be. Logged and returned."""
+    notes = []
+    for j, var in enumerate(graph.variables):
+        if var.name in do or var.range is None or parents_cf.shape[0] == 0:
+            continue
+        values = parents_cf[:, j]
+        outside = (values < var.range[0]) | (values > var.range[1])
+        if outside.any():
+            setting = ", ".join(f"{k}={v:g}" for k, v in do.items())
+            msg = (f"under do({setting}) {var.name} propagates outside its range "
+                   f"{var.describe_range()} for "
+                   f"{outside.mean():.0%} of the {values.size} images (from "
+                   f"{values.min():g} to {values.max():g}): the learned mechanism extrapolates "
+                   "there; choose a value closer to the train support")
+            log.warning(msg)
+            notes.append(msg)
+    return notes
+
+
 def check_compatible(engine, graph, where: str, model_path: Path,
                      image_shape: tuple[int, ...] | None = None) -> None:
     """DataError saying what differs when a checkpoint does not fit the graph or the images."""
     from cdae.errors import DataError
 
     mine, theirs = engine.graph, graph
-    if mine.to_dict() != theirs.to_dict():
+    if mine.structure() != theirs.structure():
         if mine.names != theirs.names:
             what = f"variables {', '.join(mine.names)} vs {', '.join(theirs.names)}"
         elif mine.edges != theirs.edges:
@@ -371,7 +393,7 @@ def run(params: cfg.Params, do: dict[str, float], *, name: str | None = None,
 
     def validate(engine: CounterfactualEngine) -> list[str]:
         for k, v in do.items():
-            add_intervention(checked, k, v, engine.graph)
+            add_intervention(checked, k, v, params.graph)  # the ranges of params.yaml
         return check_support(engine, checked, strict)
 
     s, notes = _setup(params, f"intervene {name}", validate, shard, guidance=guidance,
@@ -407,6 +429,7 @@ def run(params: cfg.Params, do: dict[str, float], *, name: str | None = None,
             f.attrs.update(shard_attrs(s.shard, s.shard_rows, dict.fromkeys(
                 ("index", "factual", "counterfactual", "parents_factual", "parents_cf"), 0)))
     notes = notes + support_notes(ds.graph, checked, off, int(rows.size))
+    notes = notes + range_notes(params.graph, checked, pcf)
     summary = {
         "name": name, "path": str(target), "kind": FileKind.INTERVENTION.value,
         "images": int(rows.size), "do": checked,
@@ -454,7 +477,7 @@ def run_sweep(params: cfg.Params, var: str, values: list[float], *, name: str | 
         notes: list[str] = []
         for v in values:
             one: dict[str, float] = {}
-            add_intervention(one, var, v, engine.graph)
+            add_intervention(one, var, v, params.graph)  # the ranges of params.yaml
             notes += check_support(engine, one, strict)
             dos.append(one)
         return notes
@@ -505,6 +528,8 @@ def run_sweep(params: cfg.Params, var: str, values: list[float], *, name: str | 
                          f"images; there the counterfactuals are extrapolations): "
                          + ", ".join(far)]
         log.warning(notes[-1])
+    for i, one in enumerate(dos):
+        notes = notes + range_notes(params.graph, one, pcf[i])
     descendants = set(engine.graph.descendants([var]))
     variables = {}
     for j, n in enumerate(engine.graph.names):

@@ -16,7 +16,7 @@ def run(params: cfg.Params, *, resume: bool = True) -> dict[str, float]:
     from cdae.training import train
 
     ds = read_dataset(params.paths.dataset)
-    if ds.graph.to_dict() != params.graph.to_dict():
+    if ds.graph.structure() != params.graph.structure():
         from cdae.errors import DataError
 
         raise DataError(f"{params.paths.dataset}: its graph differs from params.yaml's graph",

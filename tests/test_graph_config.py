@@ -63,6 +63,41 @@ def test_duplicate_variable_and_bad_type() -> None:
         CausalGraph.from_dict(raw)
 
 
+@pytest.mark.parametrize("variable, fragment", [
+    ({"name": "digit", "type": "categorical", "classes": 10, "range": [0, 9]},
+     "graph.variables[0].range: only continuous variables have a range"),
+    ({"name": "t", "range": [3, 1]}, "graph.variables[0].range: low 3 must be below high 1"),
+    ({"name": "t", "range": [0]}, "graph.variables[0].range: expected [low, high]"),
+    ({"name": "t", "range": [0, ".inf"]}, "expected [low, high] (two finite numbers)"),
+    ({"name": "t", "range": [0, float("inf")]}, "expected [low, high] (two finite numbers)"),
+    ({"name": "t", "ranges": [0, 1]}, "graph.variables[0].ranges: unknown key"),
+])
+def test_bad_ranges_name_the_key(variable, fragment) -> None:
+    with pytest.raises(ConfigError) as err:
+        CausalGraph.from_dict({"variables": [variable]})
+    assert fragment in str(err.value)
+
+
+def test_ranges_round_trip_and_stay_out_of_the_structure() -> None:
+    from cdae.checkpoint import config_hash
+
+    raw = copy.deepcopy(MORPHO)
+    plain = CausalGraph.from_dict(raw)
+    raw["variables"][0]["range"] = [0, 14]
+    ranged = CausalGraph.from_dict(raw)
+    assert ranged.variable("thickness").range == (0.0, 14.0)
+    assert CausalGraph.from_json(ranged.to_json()) == ranged
+    assert ranged.to_dict() != plain.to_dict() and ranged.structure() == plain.structure()
+    assert "thickness [px, range 0..14] (root)" in ranged.describe()
+    # a range changed after training neither refuses the checkpoint nor restarts its training
+    params = config.to_dict(config.resolve(base_raw()))
+    widened = copy.deepcopy(params)
+    widened["graph"]["variables"][0]["range"] = [0, 20]
+    assert config_hash(widened) == config_hash(params)
+    widened["graph"]["variables"][0]["unit"] = "mm"
+    assert config_hash(widened) != config_hash(params)
+
+
 def test_params_file_loads_with_every_profile() -> None:
     raw = base_raw()
     for profile in ["default", *raw["profiles"]]:

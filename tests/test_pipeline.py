@@ -184,12 +184,13 @@ def test_cli_intervene_prints_parents(project: Path) -> None:
 
 def test_info_describes_files(project: Path) -> None:
     out = sh([sys.executable, "-m", "cdae", "info", "models/model.pt"], project, stdout_only=True)
-    assert "checkpoint" in out and "intensity [0..255] <- thickness" in out
+    assert "checkpoint" in out and "intensity [0..255, range 0..255] <- thickness" in out
     js = json.loads(sh([sys.executable, "-m", "cdae", "info", "data/dataset.h5", "--json"],
                        project, stdout_only=True))
     assert js["kind"] == "dataset" and js["images"] == js["train"] + js["test"]
     thickness = next(v for v in js["variables"] if v["name"] == "thickness")
-    assert thickness["unit"] == "px" and 0.5 < thickness["range"][0] < thickness["range"][1]
+    assert thickness["unit"] == "px" and 0.5 < thickness["observed"][0] < thickness["observed"][1]
+    assert thickness["range"] == [0, 14]  # declared in params.yaml, stored with the dataset
 
 
 def run_cli(project: Path, *args: str) -> subprocess.CompletedProcess:
@@ -212,19 +213,19 @@ def test_out_of_support_warns_and_strict_refuses(project: Path) -> None:
 
 
 def test_a_value_off_the_support_given_the_parents_is_named(project: Path) -> None:
-    """A set value the train data never shows with the images' parents (intensity far above
-    every train stroke) is flagged per image share, for one value and for a sweep; a root
+    """A set value the train data never shows with the images' parents (intensity 0, far below
+    every train stroke, yet inside its declared range 0..255) is flagged per image share, for one value and for a sweep; a root
     (thickness) is judged by its marginal alone."""
-    r = run_cli(project, "intervene", "--var", "intensity", "--value", "400", "--max-images",
-                "3", "--steps", "2", "--out", "data/bright.h5", "--json")
+    r = run_cli(project, "intervene", "--var", "intensity", "--value", "0", "--max-images",
+                "3", "--steps", "2", "--out", "data/dark.h5", "--json")
     assert r.returncode == 0, r.stderr
-    assert ("intensity=400 is off the train support given thickness for 100% of the 3 images"
+    assert ("intensity=0 is off the train support given thickness for 100% of the 3 images"
             in r.stderr)
     assert json.loads(r.stdout)["off_support"] == {"intensity": 1.0}
-    r = run_cli(project, "intervene", "--var", "intensity", "--values", "400,500",
-                "--max-images", "2", "--steps", "2", "--out", "data/bright_sweep.h5")
+    r = run_cli(project, "intervene", "--var", "intensity", "--values", "0,10",
+                "--max-images", "2", "--steps", "2", "--out", "data/dark_sweep.h5")
     assert r.returncode == 0, r.stderr
-    assert "intensity=400: 100%, intensity=500: 100%" in r.stdout
+    assert "intensity=0: 100%, intensity=10: 100%" in r.stdout
     r = run_cli(project, "intervene", "--var", "thickness", "--value", "2.5", "--max-images",
                 "2", "--steps", "2", "--out", "data/mid.h5", "--json")
     assert r.returncode == 0, r.stderr
