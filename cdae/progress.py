@@ -14,14 +14,28 @@ from types import TracebackType
 log = logging.getLogger("cdae")
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A StreamHandler on whatever ``sys.stderr`` is when a record is written, not when the
+    handler was made: a process that runs the CLI several times (a test runner, a notebook)
+    swaps and closes its stderr between runs."""
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it; always sys.stderr
+        pass
+
+
 def setup_logging(verbose: bool = False) -> None:
+    log.setLevel(logging.DEBUG if verbose else logging.INFO)
     if log.handlers:
         return
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s cdae %(levelname)s %(message)s",
                                            datefmt="%H:%M:%S"))
     log.addHandler(handler)
-    log.setLevel(logging.DEBUG if verbose else logging.INFO)
     log.propagate = False
 
 

@@ -197,6 +197,24 @@ def _imported(params: cfg.Params, rng: np.random.Generator) -> Dataset:
                    source_index=rows)
 
 
+def check_ranges(graph, labels: np.ndarray) -> None:
+    """DataError naming the first variable whose labels (N, K) raw, NaN = missing, leave its
+    declared range: the graph and the data contradict each other, and ``do()`` would refuse
+    values the data holds."""
+    for j, var in enumerate(graph.variables):
+        if var.range is None:
+            continue
+        col = labels[:, j]
+        bad = np.isfinite(col) & ((col < var.range[0]) | (col > var.range[1]))
+        if bad.any():
+            n = int(bad.sum())
+            raise DataError(
+                f"{n} label{'s' if n > 1 else ''} of {var.name} {'lie' if n > 1 else 'lies'} "
+                f"outside its declared range "
+                f"{var.describe_range()} (from {col[bad].min():g} to {col[bad].max():g})",
+                hint=f"widen graph.variables[{j}].range in params.yaml or fix the labels")
+
+
 def run(params: cfg.Params) -> dict[str, object]:
     from cdae.dataset import write_dataset
     from cdae.importers import IMPORTED_SCM
@@ -207,6 +225,7 @@ def run(params: cfg.Params) -> dict[str, object]:
         ds = _imported(params, rng)
     else:
         ds = _generated(params, rng)
+    check_ranges(ds.graph, ds.labels)
     write_dataset(params.paths.dataset, ds, cdae_version=__version__)
     seconds = time.perf_counter() - t0
     log.info("wrote %s in %.1f s", params.paths.dataset, seconds)

@@ -3,6 +3,7 @@ what evaluate can still compute on them."""
 
 from __future__ import annotations
 
+import copy
 import gzip
 import logging
 from pathlib import Path
@@ -198,6 +199,20 @@ def test_folder_labels_mask_and_split(tmp_path: Path, image_dir: Path) -> None:
     assert ds.split.tolist() == [0] * 9 + [1] * 3
     assert ds.scm == "" and not ds.has_ground_truth and ds.noise is None
     assert ds.labels[4].tolist() == [5.0, 80.0, 1.0]
+
+
+def test_labels_outside_a_declared_range_are_refused(tmp_path: Path, image_dir: Path) -> None:
+    """shade runs 0..220 in labels.csv: a declared range 0..200 contradicts the data."""
+    raw = _folder_raw(tmp_path, image_dir)
+    raw["graph"] = copy.deepcopy(FOLDER_GRAPH)
+    raw["graph"]["variables"][1]["range"] = [0, 200]
+    _assert_one_line_error(_cli(_params_file(tmp_path, raw)),
+                           "1 label of shade lies outside its declared range 0..200 (from 220 "
+                           "to 220)", "widen graph.variables[1].range")
+    assert not Path(raw["paths"]["dataset"]).exists()
+    raw["graph"]["variables"][1]["range"] = [0, 220]
+    assert _cli(_params_file(tmp_path, raw)).exit_code == 0
+    assert read_dataset(raw["paths"]["dataset"]).graph.variable("shade").range == (0.0, 220.0)
 
 
 def test_folder_rgb_random_split(tmp_path: Path) -> None:
