@@ -151,6 +151,26 @@ class CausalLayer(nn.Module):
                 out.append(self.monotone[v.name].inverse(m) if v.name in self.monotone else m)
         return torch.stack(out, 1)
 
+    def label_coordinates(self, z: torch.Tensor) -> torch.Tensor:
+        """z (B, K, d) -> the same blocks with each monotone-mapped block's mean m replaced by
+        g^-1(m), the standardised label it stands for (the residual z - m stays): the
+        condition's coordinates are then linear in the label, so a value in the label's tail
+        is not stretched far out as g (logit-like for a sigmoid mechanism) stretches it.
+        Differentiable in z (d g^-1(m) / dm = 1 / g'(g^-1(m))); g itself gets no gradient here
+        (it is fitted by the mechanisms' likelihood)."""
+        blocks = []
+        for k, v in enumerate(self.graph.variables):
+            block = z[:, k]
+            if v.name in self.monotone:
+                g = self.monotone[v.name]
+                m = block.mean(-1)
+                x = g.inverse(m.detach())
+                slope = g.log_derivative(x).exp().detach()
+                x = x + (m - m.detach()) / slope  # value x, gradient 1 / g'(x) in m
+                block = block + (x - m).unsqueeze(-1)
+            blocks.append(block)
+        return torch.stack(blocks, 1)
+
     # ------------------------------------------------------------------ structural equations
     def _parent_input(self, z: torch.Tensor, k: int) -> torch.Tensor:
         return torch.cat([z[:, j] for j in self.parents[k]], dim=-1)

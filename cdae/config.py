@@ -55,6 +55,13 @@ class PendulumLabels(str, enum.Enum):
     REFERENCE = "reference"  # the reference's integers: angle grid indices (0.9 deg), truncated
 
 
+class ConditionSpace(str, enum.Enum):
+    """The coordinates in which the UNet sees a continuous variable's latent block."""
+
+    LATENT = "latent"  # z itself: mu(y) + residual (the causal layer's space)
+    LABEL = "label"  # the block mean mapped back through g^-1 (standardised label) + residual
+
+
 class MechanismKind(str, enum.Enum):
     """How a non-root latent is computed from its parents (METHOD.md, causal layer)."""
 
@@ -226,6 +233,7 @@ class ModelParams:
     mechanism_hidden: int = field(default=64, metadata=POSITIVE)
     monotone_prior: bool = True  # continuous prior mean mu_i(y) is a learned monotone map
     monotone_knots: int = field(default=16, metadata=POSITIVE)
+    condition_space: ConditionSpace = ConditionSpace.LATENT  # what the UNet sees of z
 
 
 @dataclass(frozen=True)

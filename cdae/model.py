@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from cdae.causal import CausalLayer
-from cdae.config import ModelParams, Prediction
+from cdae.config import ConditionSpace, ModelParams, Prediction
 from cdae.errors import ConfigError
 from cdae.graph import CausalGraph
 from cdae.unet import Encoder, UNet
@@ -104,7 +104,11 @@ class CausalDiffAE(nn.Module):
         return u, style
 
     def condition(self, z: torch.Tensor, style: torch.Tensor | None) -> torch.Tensor:
-        """z (B, K, d) (+ style (B, S)) -> UNet condition c (B, K*d+S)."""
+        """z (B, K, d) (+ style (B, S)) -> UNet condition c (B, K*d+S); with
+        ``model.condition_space: label`` the monotone-mapped blocks in label coordinates
+        (:meth:`CausalLayer.label_coordinates`)."""
+        if self.params.condition_space is ConditionSpace.LABEL:
+            z = self.causal.label_coordinates(z)
         c = z.flatten(1)
         return torch.cat([c, style], 1) if style is not None else c
 

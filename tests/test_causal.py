@@ -63,6 +63,35 @@ def test_monotone_map_inverse_and_derivative() -> None:
     torch.testing.assert_close(g.log_derivative(x), grad.log(), atol=1e-4, rtol=1e-4)
 
 
+def test_label_coordinates_undo_the_monotone_map_and_keep_the_residual(layer) -> None:
+    """Blocks b and c (monotone maps: non-root continuous) become g^-1(mean) + residual, with
+    gradient 1 / g'(x) in the block mean; roots and the categorical block pass unchanged."""
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for g in layer.monotone.values():
+            g.raw_w.normal_()
+            g.raw_h.normal_()
+    assert set(layer.monotone) == {"b", "c"}
+    x = torch.linspace(-3, 3, 7)
+    residual = 0.1 * torch.randn(7, 5, 4)
+    residual -= residual.mean(-1, keepdim=True)
+    means = torch.stack([layer.monotone["b"](x) if n == "b" else layer.monotone["c"](-x)
+                         if n == "c" else x for n in CHAIN.names], 1)  # (7, 5)
+    z = (means.unsqueeze(-1) + residual).detach().requires_grad_(True)
+    c = layer.label_coordinates(z)
+    torch.testing.assert_close(c[:, 1].mean(-1), x, atol=1e-4, rtol=0)
+    torch.testing.assert_close(c[:, 2].mean(-1), -x, atol=1e-4, rtol=0)
+    torch.testing.assert_close(c[:, 1:3] - c[:, 1:3].mean(-1, keepdim=True), residual[:, 1:3],
+                               atol=1e-5, rtol=0)
+    for k in (0, 3, 4):
+        assert torch.equal(c[:, k], z[:, k])
+    (grad,) = torch.autograd.grad(c[:, 1].mean(-1).sum(), z)
+    slope = layer.monotone["b"].log_derivative(x).exp()
+    torch.testing.assert_close(grad[:, 1].sum(-1), 1.0 / slope, atol=1e-4, rtol=1e-4)
+    assert torch.equal(grad[:, 0], torch.zeros_like(grad[:, 0]))
+    assert all(p.grad is None for p in layer.monotone.parameters())  # g is not trained here
+
+
 def test_mechanism_learns_deepscm_counterfactual_intensity() -> None:
     """Fitted on labels alone, the monotone prior + additive mechanism must beat the best
     ADDITIVE-noise mechanism's floor (4.7) on the true counterfactual intensity under do(t)."""

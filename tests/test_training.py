@@ -402,3 +402,31 @@ def test_batches_are_epoch_permutations_and_resume_exactly() -> None:
     assert torch.equal(BatchIndices(10, 3, seed=0, device=cpu)(4), run(4))
     assert not torch.equal(BatchIndices(10, 3, seed=1, device=cpu)(4), run(4))
     assert BatchIndices(2, 3, seed=0, device=cpu)(5).shape == (2,)  # n < batch: all of them
+
+
+def test_label_condition_space_trains_and_decodes_in_label_coordinates(
+        params, dataset, tmp_path: Path) -> None:
+    """model.condition_space: label trains (other weights than latent, same seed) and the
+    engine decodes with the label coordinates: a counterfactual's condition puts the set
+    intensity's standardised value, not g of it, in the intensity block."""
+    from cdae.counterfactual import CounterfactualEngine
+
+    label = dataclasses.replace(params, model=dataclasses.replace(
+        params.model, condition_space=config.ConditionSpace.LABEL))
+    train(params, dataset, tmp_path / "latent", show_progress=False)
+    train(label, dataset, tmp_path / "label", show_progress=False)
+    a, b = weights(tmp_path / "latent/model.pt"), weights(tmp_path / "label/model.pt")
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("raw.unet"))
+    engine = CounterfactualEngine.load(tmp_path / "label/model.pt")
+    model = engine.model
+    assert model.params.condition_space is config.ConditionSpace.LABEL
+    y = torch.tensor([[2.0, 200.0, 3.0]])
+    with torch.no_grad():
+        z = model.prior_mean(y)
+        c = model.condition(z, None).view(1, 3, -1)
+        y_norm = model.normalise(y)
+    torch.testing.assert_close(c[0, 1], y_norm[0, 1].expand(model.d), atol=1e-4, rtol=0)
+    assert not torch.allclose(z[0, 1], c[0, 1])  # g is not the identity after training
+    images = dataset.images[:2]
+    out = engine.counterfactual(images, {"intensity": 200.0}, steps=3)
+    assert out.images.shape == images.shape
