@@ -26,6 +26,7 @@ import torch
 from cdae import __version__
 from cdae.atomic import atomic_path
 from cdae.errors import DataError
+from cdae.graph import CausalGraph
 
 FORMAT = "cdae-checkpoint"
 SCHEMA_VERSION = 1
@@ -42,10 +43,8 @@ def config_hash(params_dict: dict[str, Any]) -> str:
     the variables' declared ranges (they bound ``do()`` only: :meth:`CausalGraph.structure`)."""
     keys = ("graph", "data", "model", "diffusion", "train", "seed")
     sub = {k: params_dict.get(k) for k in keys}
-    if isinstance(sub["graph"], dict):
-        sub["graph"] = dict(sub["graph"], variables=[
-            {k: v for k, v in var.items() if k != "range"}
-            for var in sub["graph"].get("variables", [])])
+    if sub["graph"] is not None:
+        sub["graph"] = CausalGraph.from_dict(sub["graph"]).structure()
     sub["diffusion"] = {k: v for k, v in (sub["diffusion"] or {}).items()
                         if k not in SAMPLING_KEYS}  # not training settings
     sub["train"] = {k: v for k, v in (sub["train"] or {}).items()

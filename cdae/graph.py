@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Iterable, Mapping
 
+import numpy as np
+
 from cdae.errors import ConfigError
 
 
@@ -56,9 +58,13 @@ class Variable:
             out["range"] = list(self.range)
         return out
 
-    def outside(self, value: float) -> bool:
-        """Whether ``value`` (raw units) lies outside the declared range (False without one)."""
-        return self.range is not None and not self.range[0] <= value <= self.range[1]
+    def outside(self, values: Any) -> np.ndarray:
+        """Whether each of ``values`` (raw units, a number or an array) lies outside the declared
+        range: bool array of ``values``' shape (all False without a range; NaN is not outside)."""
+        v = np.asarray(values, dtype=np.float64)
+        if self.range is None:
+            return np.zeros(v.shape, bool)
+        return (v < self.range[0]) | (v > self.range[1])
 
     def describe_range(self) -> str:
         """``0..14``-style text of the declared range ("" without one)."""

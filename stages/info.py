@@ -93,8 +93,8 @@ def format_info(r: dict[str, object]) -> str:
         if k in r:
             lines.append(f"  {k}: {r[k]}")
     for v in r.get("variables", []):  # type: ignore[union-attr]
-        extra = ", ".join(f"{k} {v[k]}" for k in ("unit", "classes", "range", "observed",
-                                                   "train_range", "labelled") if v.get(k) not in (None, ""))
+        keys = ("unit", "classes", "range", "observed", "train_range", "labelled")
+        extra = ", ".join(f"{k} {v[k]}" for k in keys if v.get(k) not in (None, ""))
         lines.append(f"  variable {v['name']} ({v['type']}{', ' + extra if extra else ''})")
     if "graph" in r:
         lines.append("  graph:")

@@ -167,7 +167,7 @@ def range_notes(graph, do: dict[str, float], parents_cf: np.ndarray) -> list[str
         if var.name in do or var.range is None or parents_cf.shape[0] == 0:
             continue
         values = parents_cf[:, j]
-        outside = (values < var.range[0]) | (values > var.range[1])
+        outside = var.outside(values)
         if outside.any():
             setting = ", ".join(f"{k}={v:g}" for k, v in do.items())
             msg = (f"under do({setting}) {var.name} propagates outside its range "

@@ -202,10 +202,8 @@ def check_ranges(graph, labels: np.ndarray) -> None:
     declared range: the graph and the data contradict each other, and ``do()`` would refuse
     values the data holds."""
     for j, var in enumerate(graph.variables):
-        if var.range is None:
-            continue
         col = labels[:, j]
-        bad = np.isfinite(col) & ((col < var.range[0]) | (col > var.range[1]))
+        bad = var.outside(col)  # NaN (missing) is not outside
         if bad.any():
             n = int(bad.sum())
             raise DataError(
