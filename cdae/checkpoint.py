@@ -34,6 +34,12 @@ SCHEMA_VERSION = 1
 
 SAMPLING_KEYS = ("inversion_iters", "solver", "spacing")  # of params' diffusion section
 
+# Settings added after checkpoints were first written, with the behaviour those checkpoints were
+# trained with: a stored params dict without the key gets this value, not today's default.
+LEGACY_SETTINGS: dict[tuple[str, str], Any] = {
+    ("model", "condition_space"): "latent",
+}
+
 
 def config_hash(params_dict: dict[str, Any]) -> str:
     """Hash of the settings that determine a training run (for safe resume). ``train.steps`` is
@@ -89,4 +95,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
                if k not in ck]
     if missing:
         raise DataError(f"{p}: checkpoint lacks '{missing[0]}'", hint="re-run `cdae train`")
+    if isinstance(ck["params"], dict):
+        for (section, key), value in LEGACY_SETTINGS.items():
+            sub = ck["params"].get(section)
+            if isinstance(sub, dict) and key not in sub:
+                sub[key] = value
     return ck

@@ -127,6 +127,19 @@ def test_checkpoint_corrupt_and_foreign(tmp_path: Path) -> None:
         load_checkpoint(tmp_path / "pickle.pt")
 
 
+def test_checkpoint_without_a_later_setting_gets_the_behaviour_it_was_trained_with(
+        tmp_path: Path) -> None:
+    # model.condition_space came after the first checkpoints; those decoded from z ("latent"),
+    # whatever today's default is
+    base = {"graph": "{}", "image_shape": [1, 8, 8], "ema": {"w": torch.zeros(3)},
+            "label_mean": [0.0], "label_std": [1.0]}
+    save_checkpoint(tmp_path / "old.pt", dict(base, params={"model": {"channels": 8}}))
+    save_checkpoint(tmp_path / "new.pt", dict(base, params={"model": {"condition_space": "label"}}))
+    assert load_checkpoint(tmp_path / "old.pt")["params"]["model"] == {
+        "channels": 8, "condition_space": "latent"}
+    assert load_checkpoint(tmp_path / "new.pt")["params"]["model"]["condition_space"] == "label"
+
+
 def test_atomic_path_leaves_nothing_on_failure(tmp_path: Path) -> None:
     target = tmp_path / "out.bin"
     target.write_bytes(b"old")
