@@ -233,7 +233,7 @@ class ModelParams:
     mechanism_hidden: int = field(default=64, metadata=POSITIVE)
     monotone_prior: bool = True  # continuous prior mean mu_i(y) is a learned monotone map
     monotone_knots: int = field(default=16, metadata=POSITIVE)
-    condition_space: ConditionSpace = ConditionSpace.LATENT  # what the UNet sees of z
+    condition_space: ConditionSpace = ConditionSpace.LABEL  # what the UNet sees of z
 
 
 @dataclass(frozen=True)
