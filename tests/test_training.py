@@ -411,9 +411,10 @@ def test_label_condition_space_trains_and_decodes_in_label_coordinates(
     intensity's standardised value, not g of it, in the intensity block."""
     from cdae.counterfactual import CounterfactualEngine
 
-    label = dataclasses.replace(params, model=dataclasses.replace(
-        params.model, condition_space=config.ConditionSpace.LABEL))
-    train(params, dataset, tmp_path / "latent", show_progress=False)
+    label, latent = (dataclasses.replace(params, model=dataclasses.replace(
+        params.model, condition_space=space))
+        for space in (config.ConditionSpace.LABEL, config.ConditionSpace.LATENT))
+    train(latent, dataset, tmp_path / "latent", show_progress=False)
     train(label, dataset, tmp_path / "label", show_progress=False)
     a, b = weights(tmp_path / "latent/model.pt"), weights(tmp_path / "label/model.pt")
     assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("raw.unet"))
