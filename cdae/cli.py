@@ -204,8 +204,7 @@ def _format_intervention(r: dict[str, Any]) -> str:
              f"{r['steps']} steps of {r['solver']} on a {r['spacing']} grid, guidance {r['guidance']:g}",
              "  parent values, mean over images (factual -> counterfactual):"]
     for name, p in r["parents"].items():
-        tag = "set by do" if p["intervened"] else "propagated by the learned mechanism" \
-            if p["changed"] else "unchanged"
+        tag = p["role"]
         unit = f" {p['unit']}" if p["unit"] else ""
         if p["categorical"] and not p["intervened"]:
             lines.append(f"    {name:<12} {'(categorical)':>22}  ({tag})")

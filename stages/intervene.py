@@ -430,6 +430,7 @@ def run(params: cfg.Params, do: dict[str, float], *, name: str | None = None,
                 ("index", "factual", "counterfactual", "parents_factual", "parents_cf"), 0)))
     notes = notes + support_notes(ds.graph, checked, off, int(rows.size))
     notes = notes + range_notes(params.graph, checked, pcf)
+    descendants = set(engine.graph.descendants(list(checked)))
     summary = {
         "name": name, "path": str(target), "kind": FileKind.INTERVENTION.value,
         "images": int(rows.size), "do": checked,
@@ -439,6 +440,8 @@ def run(params: cfg.Params, do: dict[str, float], *, name: str | None = None,
         "parents": {n: {"factual_mean": float(np.mean(pf[:, j])),
                         "counterfactual_mean": float(np.mean(pcf[:, j])),
                         "intervened": n in checked,
+                        "role": (Role.SET if n in checked else Role.PROPAGATED
+                                 if n in descendants else Role.UNCHANGED).value,
                         "categorical": engine.graph.variable(n).is_categorical,
                         "changed": int(np.sum(np.abs(pcf[:, j] - pf[:, j]) > 1e-6)),
                         "unit": engine.graph.variable(n).unit}
