@@ -92,6 +92,8 @@ def format_info(r: dict[str, object]) -> str:
               "total_steps", "parameters", "profile", "versions", "skipped"):
         if k in r:
             lines.append(f"  {k}: {r[k]}")
+    if isinstance(r.get("model"), dict):  # a checkpoint's model settings (condition_space, ...)
+        lines.append("  model: " + ", ".join(f"{k} {v}" for k, v in r["model"].items()))
     for v in r.get("variables", []):  # type: ignore[union-attr]
         keys = ("unit", "classes", "range", "observed", "train_range", "labelled")
         extra = ", ".join(f"{k} {v[k]}" for k in keys if v.get(k) not in (None, ""))

@@ -188,6 +188,7 @@ def test_cli_intervene_prints_parents(project: Path) -> None:
 def test_info_describes_files(project: Path) -> None:
     out = sh([sys.executable, "-m", "cdae", "info", "models/model.pt"], project, stdout_only=True)
     assert "checkpoint" in out and "intensity [0..255, range 0..255] <- thickness" in out
+    assert "condition_space label" in out  # what the model was trained as, from its settings
     js = json.loads(sh([sys.executable, "-m", "cdae", "info", "data/dataset.h5", "--json"],
                        project, stdout_only=True))
     assert js["kind"] == "dataset" and js["images"] == js["train"] + js["test"]
