@@ -40,13 +40,14 @@ import re
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
 
 from cdae import config as cfg
 from cdae.atomic import atomic_path
 from cdae.errors import InterventionError
+from cdae.graph import CausalGraph
 from cdae.progress import Progress, log
 from cdae.shards import Shard, parse_shard, shard_attrs
 
@@ -73,6 +74,14 @@ class Role(str, Enum):
     SET = "set by do"
     PROPAGATED = "propagated by the learned mechanism"
     UNCHANGED = "unchanged"
+
+
+def roles(graph: CausalGraph, set_vars: Iterable[str]) -> dict[str, Role]:
+    """Each variable's part in do(set_vars): set, propagated (a descendant) or unchanged."""
+    set_vars = set(set_vars)
+    descendants = set(graph.descendants(set_vars))
+    return {n: Role.SET if n in set_vars else Role.PROPAGATED if n in descendants
+            else Role.UNCHANGED for n in graph.names}
 
 
 def file_kind(attrs: Any) -> FileKind:
@@ -430,7 +439,7 @@ def run(params: cfg.Params, do: dict[str, float], *, name: str | None = None,
                 ("index", "factual", "counterfactual", "parents_factual", "parents_cf"), 0)))
     notes = notes + support_notes(ds.graph, checked, off, int(rows.size))
     notes = notes + range_notes(params.graph, checked, pcf)
-    descendants = set(engine.graph.descendants(list(checked)))
+    role = roles(engine.graph, checked)
     summary = {
         "name": name, "path": str(target), "kind": FileKind.INTERVENTION.value,
         "images": int(rows.size), "do": checked,
@@ -440,8 +449,7 @@ def run(params: cfg.Params, do: dict[str, float], *, name: str | None = None,
         "parents": {n: {"factual_mean": float(np.mean(pf[:, j])),
                         "counterfactual_mean": float(np.mean(pcf[:, j])),
                         "intervened": n in checked,
-                        "role": (Role.SET if n in checked else Role.PROPAGATED
-                                 if n in descendants else Role.UNCHANGED).value,
+                        "role": role[n].value,
                         "categorical": engine.graph.variable(n).is_categorical,
                         "changed": int(np.sum(np.abs(pcf[:, j] - pf[:, j]) > 1e-6)),
                         "unit": engine.graph.variable(n).unit}
@@ -533,13 +541,12 @@ def run_sweep(params: cfg.Params, var: str, values: list[float], *, name: str | 
         log.warning(notes[-1])
     for i, one in enumerate(dos):
         notes = notes + range_notes(params.graph, one, pcf[i])
-    descendants = set(engine.graph.descendants([var]))
+    role = roles(engine.graph, [var])
     variables = {}
     for j, n in enumerate(engine.graph.names):
-        role = Role.SET if n == var else Role.PROPAGATED if n in descendants else Role.UNCHANGED
         variables[n] = {"unit": engine.graph.variable(n).unit,
                         "categorical": engine.graph.variable(n).is_categorical,
-                        "role": role.value, "factual_mean": float(np.mean(pf[:, j]))}
+                        "role": role[n].value, "factual_mean": float(np.mean(pf[:, j]))}
     return {
         "name": name, "path": str(target), "kind": FileKind.SWEEP.value,
         "images": int(rows.size), "var": var, "values": [d[var] for d in dos],
