@@ -451,7 +451,6 @@ def run(params: cfg.Params, do: dict[str, float], *, name: str | None = None,
                         "intervened": n in checked,
                         "role": role[n].value,
                         "categorical": engine.graph.variable(n).is_categorical,
-                        "changed": int(np.sum(np.abs(pcf[:, j] - pf[:, j]) > 1e-6)),
                         "unit": engine.graph.variable(n).unit}
                     for j, n in enumerate(engine.graph.names)},
         "examples": [{n: [round(float(pf[i, j]), 3), round(float(pcf[i, j]), 3)]
