@@ -160,4 +160,4 @@ def test_mechanism_likelihood_ignores_unlabelled_rows_even_nan() -> None:
         alone = layer.mechanism_nll(y[:6], torch.ones(6, 2, dtype=torch.bool), ref_alone)
         torch.testing.assert_close(loss, alone, rtol=1e-5, atol=1e-6)
     none = layer.mechanism_nll(noisy, torch.zeros_like(mask), reference)
-    assert float(none) == 0.0  # no labelled pair: nothing, not even the penalty
+    assert none.item() == 0.0  # no labelled pair: nothing, not even the penalty
