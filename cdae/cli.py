@@ -203,14 +203,15 @@ def _format_intervention(r: dict[str, Any]) -> str:
              f"  abduction {r['abduction']} (parents from {r['parents_from']}), "
              f"{r['steps']} steps of {r['solver']} on a {r['spacing']} grid, guidance {r['guidance']:g}",
              "  parent values, mean over images (factual -> counterfactual):"]
+    width = max([12, *map(len, r["parents"])])  # the names in one column
     for name, p in r["parents"].items():
         tag = p["role"]
         unit = f" {p['unit']}" if p["unit"] else ""
         if p["categorical"] and not p["intervened"]:
-            lines.append(f"    {name:<12} {'(categorical)':>22}  ({tag})")
+            lines.append(f"    {name:<{width}} {'(categorical)':>22}  ({tag})")
             continue
-        lines.append(f"    {name:<12} {p['factual_mean']:9.3f} -> {p['counterfactual_mean']:9.3f}"
-                     f"{unit}  ({tag})")
+        lines.append(f"    {name:<{width}} {p['factual_mean']:9.3f} -> "
+                     f"{p['counterfactual_mean']:9.3f}{unit}  ({tag})")
     for w in r.get("warnings", []):
         lines.append(f"  warning: {w}")
     return "\n".join(lines)

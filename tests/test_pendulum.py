@@ -432,3 +432,20 @@ def test_render_and_report_leave_out_skipped_files(params_file: Path) -> None:
                                                 "(profile pendulum)"}
     page = Path(report["path"]).read_text()
     assert "<code>thickness_2</code>: variable thickness is not in this graph" in page
+
+
+def test_intervene_summary_keeps_long_names_in_one_column() -> None:
+    from cdae.cli import _format_intervention
+
+    parents = {name: {"role": role, "unit": "deg", "categorical": False, "intervened": False,
+                      "factual_mean": 3.0, "counterfactual_mean": 4.0}
+               for name, role in (("pendulum_angle", "unchanged"), ("light_angle", "set by do"),
+                                  ("shadow_position", "propagated by the learned mechanism"))}
+    text = _format_intervention({
+        "path": "x.h5", "images": 2, "do": {"light_angle": 60.0}, "abduction": "partial",
+        "parents_from": "labels", "steps": 20, "solver": "heun", "spacing": "quadratic",
+        "guidance": 0.1, "parents": parents})
+    rows = [line for line in text.splitlines() if line.startswith("    ") and "->" in line]
+    assert len(rows) == 3
+    assert len({line.index("->") for line in rows}) == 1  # the arrows line up
+    assert all(name in text for name in parents)
