@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
 from pathlib import Path
 
 import h5py
@@ -123,8 +124,10 @@ def test_checkpoint_corrupt_and_foreign(tmp_path: Path) -> None:
         load_checkpoint(tmp_path / "other.pt")
     with open(tmp_path / "pickle.pt", "wb") as f:
         pickle.dump({"a": 1}, f)
-    with pytest.raises(DataError):
-        load_checkpoint(tmp_path / "pickle.pt")
+    with warnings.catch_warnings():  # torch.load may warn about the foreign pickle protocol
+        warnings.simplefilter("ignore", UserWarning)
+        with pytest.raises(DataError):
+            load_checkpoint(tmp_path / "pickle.pt")
 
 
 def test_checkpoint_without_a_later_setting_gets_the_behaviour_it_was_trained_with(

@@ -227,7 +227,7 @@ def test_mechanisms_learn_from_the_whole_train_split(params, dataset) -> None:
     with torch.no_grad():
         whole = model.causal.mechanism_nll(reference, torch.isfinite(reference), reference)
     assert abs(a.item() - whole.item()) < 0.5 * abs(whole.item()) + 0.5  # a sample of it
-    assert float(mechanism_loss(causal, y, unlabelled, pick(off), reference)) == 0.0
+    assert mechanism_loss(causal, y, unlabelled, pick(off), reference).item() == 0.0
 
 
 def test_cosine_schedule_runs_from_lr_to_zero_and_reaches_the_optimizer(
