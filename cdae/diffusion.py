@@ -39,7 +39,7 @@ second-order correction (:meth:`GaussianDiffusion.heun_step`, two eps calls per 
 step to the clean image stays Euler), and ``ddim_invert`` inverts either exactly by fixed-point
 iterations. ``Spacing.QUADRATIC`` makes the grid's steps grow linearly away from the clean image.
 On the trained default model, Heun on the quadratic grid with 3 iterations at 20 steps matched
-250 uniform DDIM steps with 4.3x fewer calls (README, Performance).
+250 uniform DDIM steps with 4.3x fewer calls (docs/performance.md).
 
 Clipping: the predicted x0 is clipped to [-1, 1] only on the last decoding step (``t_next == -1``,
 where x_next IS x0_pred), controlled by ``ddim_sample(clip_output=True)``. That equals clamping the
