@@ -15,8 +15,9 @@
 #          and step curves off (a params copy with evaluate.sweep_* = [] everywhere);
 #          PREDICTORS=0 keeps the models/predictors.pt already there (trained anywhere: they need
 #          no GPU) instead of training them beside the model; COMPILE=1 sets train.compile
-#          (torch.compile of the loss's image terms) in the profile; UNTIL=evaluate stops after
-#          the evaluate stage; PYTHON (default python3)
+#          (torch.compile of the whole loss) in the profile; COMPILE_MODE=reduce-overhead
+#          (or default) sets train.compile_mode; UNTIL=train stops once the weights are
+#          returned, UNTIL=evaluate after the evaluate stage; PYTHON (default python3)
 #
 # On one H100 (2026-11-26, profile gpu): smoke 52 s, train 5.5 min + 11 s, evaluate 169 s
 # without the curves and about 2 minutes more with them. On one H200 (2026-11-26, SMOKE=0
@@ -45,8 +46,8 @@ timed() {  # timed LABEL CMD...: run CMD, then print how long it took
 }
 
 params_copy() {  # params_copy DEST smoke|edit: params.yaml with outputs under DEST's folder
-    # (smoke), or (edit) with evaluate's curves off (CURVES=0) and train.compile on (COMPILE=1)
-    # in the base and every profile
+    # (smoke), or (edit) with evaluate's curves off (CURVES=0), train.compile on (COMPILE=1)
+    # and train.compile_mode set (COMPILE_MODE) in the base and every profile
     "$py" - "$@" <<'EOF'
 import os
 import sys
@@ -68,6 +69,8 @@ else:
             section.setdefault("evaluate", {}).update(sweep_guidance=[], sweep_steps=[])
         if os.environ.get("COMPILE", "0") == "1":
             section.setdefault("train", {}).update(compile=True)
+        if os.environ.get("COMPILE_MODE"):
+            section.setdefault("train", {}).update(compile_mode=os.environ["COMPILE_MODE"])
 with open(dest, "w") as f:
     yaml.safe_dump(d, f, sort_keys=False)
 EOF
@@ -93,7 +96,7 @@ if [[ ${SMOKE:-1} != 0 ]]; then
 fi
 
 params=params.yaml
-if [[ ${CURVES:-1} == 0 || ${COMPILE:-0} == 1 ]]; then
+if [[ ${CURVES:-1} == 0 || ${COMPILE:-0} == 1 || -n ${COMPILE_MODE:-} ]]; then
     params=$(mktemp -d)/params.yaml
     params_copy "$params" edit
 fi
@@ -126,6 +129,10 @@ EOF
 split -b 16700000 -d "$out/model.pt" "$out/model.pt.part-" && rm "$out/model.pt"
 [[ -z $predictors ]] || wait "$predictors"
 cat "$out/predictors.txt"
+if [[ ${UNTIL:-} == train ]]; then
+    echo "done (UNTIL=train): $out"
+    exit 0
+fi
 timed evaluate cdae evaluate "${p[@]}"
 cp reports/metrics.json reports/evaluation.md "$out/"
 if [[ ${UNTIL:-} == evaluate ]]; then
