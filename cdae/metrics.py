@@ -248,6 +248,8 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     """Frechet distance between Gaussians fitted to two feature sets (N, F) and (M, F):
     |mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2)). 0 for identical sets; it grows with
     a shift of the features. Few samples bias it upwards: compare numbers from equal N."""
+    import warnings
+
     from scipy import linalg
 
     a = np.asarray(a, np.float64)
@@ -255,8 +257,12 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     mu = a.mean(0) - b.mean(0)
     sa = np.atleast_2d(np.cov(a, rowvar=False))
     sb = np.atleast_2d(np.cov(b, rowvar=False))
-    covmean = linalg.sqrtm(sa @ sb)
-    if not np.isfinite(covmean).all():  # singular product: regularise as the FID reference does
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", linalg.LinAlgWarning)
+        covmean = linalg.sqrtm(sa @ sb)
+    singular = any(issubclass(w.category, linalg.LinAlgWarning) for w in caught)
+    if singular or not np.isfinite(covmean).all():
+        # a singular product (fewer samples than features): regularise as the FID reference does
         eps = np.eye(sa.shape[0]) * 1e-6
         covmean = linalg.sqrtm((sa + eps) @ (sb + eps))
     covmean = np.real(covmean)

@@ -9,6 +9,8 @@ measurement floor and doing nothing at the ceiling.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -62,6 +64,18 @@ def test_frechet_distance_zero_for_identical_sets_and_grows_with_a_shift() -> No
     shifts = [M.frechet_distance(feats, feats + d) for d in (0.1, 0.5, 1.0)]
     # same covariance: the distance is exactly |mean shift|^2 = 8 d^2
     assert shifts == pytest.approx([8 * 0.01, 8 * 0.25, 8 * 1.0], rel=1e-4)
+
+
+def test_frechet_distance_with_fewer_samples_than_features_is_regularised_quietly() -> None:
+    # 2 samples of 16 features: rank-1 covariances (a tiny profile's case); scipy's sqrtm
+    # warns on them, and the distance must come from the regularised product without a warning
+    feats = np.random.default_rng(1).normal(size=(2, 16))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        same = M.frechet_distance(feats, feats)
+        shifted = M.frechet_distance(feats, feats + 1.0)
+    assert same == pytest.approx(0.0, abs=1e-3)
+    assert shifted == pytest.approx(16.0, rel=1e-2)  # |mean shift|^2, covariances equal
 
 
 def test_composition_and_reversibility_of_exact_and_drifting_models() -> None:
