@@ -23,6 +23,8 @@
 # without the curves and about 2 minutes more with them. On one H200 (2026-11-26, SMOKE=0
 # CURVES=0 TRAIN_MINUTES=3.5, continuing a returned model.pt): 419 s in all (train 220 s,
 # evaluate 151 s with factual guidance, the rest about 45 s).
+# On one H100 (2026-11-28, SMOKE=0 CURVES=0 PREDICTORS=0 UNTIL=train, compile_mode
+# reduce-overhead): the gpu profile's whole 12,000 steps in 317 s (a 288 s training loop).
 #
 # OUT_DIR receives: train.json, train_log.csv, metrics.json, evaluation.md, results.tar.gz
 # (figures, curves, report.html, predictor errors) and model.pt.part-* (the EMA weights alone,
