@@ -257,11 +257,13 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     mu = a.mean(0) - b.mean(0)
     sa = np.atleast_2d(np.cov(a, rowvar=False))
     sb = np.atleast_2d(np.cov(b, rowvar=False))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", linalg.LinAlgWarning)
-        covmean = linalg.sqrtm(sa @ sb)
-    singular = any(issubclass(w.category, linalg.LinAlgWarning) for w in caught)
-    if singular or not np.isfinite(covmean).all():
+    with warnings.catch_warnings():  # scipy warns (only) when the product is singular
+        warnings.filterwarnings("error", category=linalg.LinAlgWarning)
+        try:
+            covmean = linalg.sqrtm(sa @ sb)
+        except linalg.LinAlgWarning:  # handled below: the root is recomputed regularised
+            covmean = None
+    if covmean is None or not np.isfinite(covmean).all():
         # a singular product (fewer samples than features): regularise as the FID reference does
         eps = np.eye(sa.shape[0]) * 1e-6
         covmean = linalg.sqrtm((sa + eps) @ (sb + eps))
