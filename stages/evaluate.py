@@ -44,7 +44,7 @@ from cdae.atomic import write_text
 from cdae.metrics import (Phase, Protocol, accuracy, bias, cycles, dci, draw_values,
                           frechet_distance, l1, mae, mean_std, off_support, psnr, random_masks,
                           variable_ranks)
-from cdae.progress import log
+from cdae.progress import Progress, log
 from stages.report import Baseline
 from stages.train_predictors import PREDICTORS_FILE
 
@@ -630,6 +630,8 @@ def run(params: cfg.Params) -> dict[str, object]:
     fact = engine.abduct(ctx.x, ctx.y, steps=ep.steps, abduction=ctx.abduction, t0=ctx.t0)
     fact_img = engine.abduct(ctx.x, None, steps=1, abduction=cfg.Abduction.NOISE)  # parents
     done()
+    log.info("evaluate: abducted %d %s images (%d steps) in %.0f s", ctx.n, ep.split,
+             ep.steps, timings["abduction_seconds"])
     measured_factual = gen.measure(ctx.x_np) if gen is not None and plan.measurable else {}
     ref_rng = np.random.default_rng(ep.seed)
     ref_rows = np.sort(ref_rng.permutation(train_rows)[:ep.frechet_images])
@@ -640,46 +642,52 @@ def run(params: cfg.Params) -> dict[str, object]:
     notes: list[str] = []
     scatter: dict[str, dict[str, tuple[str, np.ndarray, np.ndarray]]] = {}
 
-    # null: no intervention (deterministic)
-    done = timed("decode_seconds")
-    none = np.zeros((ctx.n, len(names)), bool)
-    s_null = score_intervention(ctx, fact, fact_img, none, np.full(none.shape, np.nan))
-    done()
-    row, _ = model_row(ctx, s_null, measured_factual, ref_feats)
-    row["composition_l1"] = row["l1_to_factual"]
-    results["null"] = row
-    for suffix, ref in reference_rows(ctx, s_null, measured_factual, ref_feats).items():
-        results[f"null{suffix}"] = ref
-    decodes = 1
-
     keys = [f"do_{m}" for m in names] + ["random"]
-    per_seed: dict[str, list[dict[str, float]]] = {}
-    pa_star: np.ndarray | None = None
-    for seed_i in range(ep.seeds):
-        rng = np.random.default_rng(ep.seed + seed_i)
-        plan_rows = [(key if protocol is Protocol.MARGINAL else f"{key}_forced", key, protocol)
-                     for protocol in Protocol for key in keys]
-        draws = [draw_intervention(ctx, key, protocol, pools, rng)
-                 for _, key, protocol in plan_rows]
+    plan_keys = [(key if protocol is Protocol.MARGINAL else f"{key}_forced", key, protocol)
+                 for protocol in Protocol for key in keys]
+    # the null decode and every draw of every seed: ctx.n counterfactual images each
+    with Progress(ctx.n * (1 + ep.seeds * len(plan_keys)), "evaluate decodes",
+                  unit="img") as bar:
+        # null: no intervention (deterministic)
         done = timed("decode_seconds")
-        per_call = max(1, DECODE_BATCH // ctx.n)
-        scored_all = [s for lo in range(0, len(draws), per_call)
-                      for s in score_interventions(ctx, fact, fact_img, draws[lo:lo + per_call])]
+        none = np.zeros((ctx.n, len(names)), bool)
+        s_null = score_intervention(ctx, fact, fact_img, none, np.full(none.shape, np.nan))
+        bar.advance(ctx.n)
         done()
-        decodes += len(draws)
-        for (name, key, protocol), s in zip(plan_rows, scored_all):
-            notes += [n for n in s.notes if n not in notes]
-            row, scored = model_row(ctx, s, measured_factual, ref_feats)
-            per_seed.setdefault(name, []).append(row)
-            for suffix, ref in reference_rows(ctx, s, measured_factual, ref_feats).items():
-                per_seed.setdefault(name + suffix, []).append(ref)
-            if seed_i == 0:
-                scatter[name] = {m: (kind, s.target[m], v) for m, (kind, v) in
-                                 scored.items()}
-                if key == "random" and protocol is Protocol.MARGINAL:
-                    pa_star = np.where(s.masks, s.values, s.believed)
-            log.info("evaluate %s (seed %d): %s", name, ep.seed + seed_i,
-                     ", ".join(f"{k}={v:.3f}" for k, v in row.items()))
+        row, _ = model_row(ctx, s_null, measured_factual, ref_feats)
+        row["composition_l1"] = row["l1_to_factual"]
+        results["null"] = row
+        for suffix, ref in reference_rows(ctx, s_null, measured_factual, ref_feats).items():
+            results[f"null{suffix}"] = ref
+        decodes = 1
+
+        per_seed: dict[str, list[dict[str, float]]] = {}
+        pa_star: np.ndarray | None = None
+        for seed_i in range(ep.seeds):
+            rng = np.random.default_rng(ep.seed + seed_i)
+            draws = [draw_intervention(ctx, key, protocol, pools, rng)
+                     for _, key, protocol in plan_keys]
+            done = timed("decode_seconds")
+            per_call = max(1, DECODE_BATCH // ctx.n)
+            scored_all = []
+            for lo in range(0, len(draws), per_call):
+                scored_all += score_interventions(ctx, fact, fact_img, draws[lo:lo + per_call])
+                bar.advance(ctx.n * len(draws[lo:lo + per_call]))
+            done()
+            decodes += len(draws)
+            for (name, key, protocol), s in zip(plan_keys, scored_all):
+                notes += [n for n in s.notes if n not in notes]
+                row, scored = model_row(ctx, s, measured_factual, ref_feats)
+                per_seed.setdefault(name, []).append(row)
+                for suffix, ref in reference_rows(ctx, s, measured_factual, ref_feats).items():
+                    per_seed.setdefault(name + suffix, []).append(ref)
+                if seed_i == 0:
+                    scatter[name] = {m: (kind, s.target[m], v) for m, (kind, v) in
+                                     scored.items()}
+                    if key == "random" and protocol is Protocol.MARGINAL:
+                        pa_star = np.where(s.masks, s.values, s.believed)
+                log.info("evaluate %s (seed %d): %s", name, ep.seed + seed_i,
+                         ", ".join(f"{k}={v:.3f}" for k, v in row.items()))
     for name, seed_rows in per_seed.items():
         results[name] = mean_std(seed_rows)
 

@@ -71,6 +71,12 @@ def test_dvc_repro_tiny(project: Path) -> None:
         pc = f["parents_cf"][()]
         assert np.allclose(pc[:, 0], 2.0)  # thickness set by do
         assert f["counterfactual"].shape == f["factual"].shape
+    # a batch log gets evaluate's decodes as periodic lines, ending with every image decoded:
+    # the null row plus (3 variables + random) x 2 protocols x seeds, images each
+    ep = yaml.safe_load((project / "params.yaml").read_text())["profiles"]["tiny"]["evaluate"]
+    decoded = ep["max_images"] * (1 + 8 * ep["seeds"])
+    assert f"evaluate decodes {decoded}/{decoded} (100%)" in out
+    assert f"evaluate: abducted {ep['max_images']} test images ({ep['steps']} steps)" in out
     metrics = json.loads((project / "reports/metrics.json").read_text())
     for key in ("do_thickness", "do_intensity", "null", "do_thickness_do_nothing"):
         assert key in metrics
