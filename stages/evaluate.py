@@ -671,8 +671,9 @@ def run(params: cfg.Params) -> dict[str, object]:
             per_call = max(1, DECODE_BATCH // ctx.n)
             scored_all = []
             for lo in range(0, len(draws), per_call):
-                scored_all += score_interventions(ctx, fact, fact_img, draws[lo:lo + per_call])
-                bar.advance(ctx.n * len(draws[lo:lo + per_call]))
+                batch = draws[lo:lo + per_call]
+                scored_all += score_interventions(ctx, fact, fact_img, batch)
+                bar.advance(ctx.n * len(batch))
             done()
             decodes += len(draws)
             for (name, key, protocol), s in zip(plan_keys, scored_all):
