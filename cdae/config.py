@@ -1,6 +1,9 @@
 """Typed settings read from params.yaml.
 
-params.yaml is the one source of truth. It is parsed into frozen dataclasses; every value is
+params.yaml is the one source of truth. The dataclasses' defaults repeat its base values (a key
+left out of a params file means what the shipped params.yaml says; tests/test_graph_config.py
+keeps the two equal), and checkpoints written before a key existed load with the value of the
+time (``cdae.checkpoint.LEGACY_SETTINGS``). It is parsed into frozen dataclasses; every value is
 type-checked and range-checked, and a wrong value raises :class:`~cdae.errors.ConfigError` whose
 message names the key path (``train.batch_size``, ``graph.edges[1]``). A ``profile`` key selects
 one entry of ``profiles`` whose nested values override the base sections (``paper`` for a GPU,
@@ -72,8 +75,8 @@ class MechanismKind(str, enum.Enum):
 class Abduction(str, enum.Enum):
     """How x_T is obtained for a factual image."""
 
-    INVERT = "invert"  # deterministic DDIM inversion to T (default)
-    PARTIAL = "partial"  # DDIM inversion to t0 < T, decode from there
+    INVERT = "invert"  # deterministic DDIM inversion to T
+    PARTIAL = "partial"  # DDIM inversion to t0 < T, decode from there (default)
     NOISE = "noise"  # the paper's: x_T ~ q(x_T | x), stochastic
 
 
@@ -223,7 +226,7 @@ class ModelParams:
     latent_dim: int = field(default=16, metadata=POSITIVE)  # d, dims per variable block
     style_dim: int = field(default=0, metadata=NON_NEGATIVE)
     encoder_channels: int = field(default=32, metadata=POSITIVE)
-    unet_channels: int = field(default=32, metadata=POSITIVE)
+    unet_channels: int = field(default=24, metadata=POSITIVE)
     channel_mult: tuple[int, ...] = (1, 2, 2)
     num_res_blocks: int = field(default=1, metadata=POSITIVE)
     attention_resolutions: tuple[int, ...] = ()
@@ -240,17 +243,17 @@ class ModelParams:
 class DiffusionParams:
     timesteps: int = field(default=1000, metadata=POSITIVE)
     schedule: NoiseSchedule = NoiseSchedule.LINEAR
-    inversion_iters: int = field(default=1, metadata=NON_NEGATIVE)  # fixed-point refinements
-    solver: Solver = Solver.DDIM  # decoding/inversion ODE solver (a sampling setting)
-    spacing: Spacing = Spacing.UNIFORM  # timestep grid of decoding and inversion
+    inversion_iters: int = field(default=3, metadata=NON_NEGATIVE)  # fixed-point refinements
+    solver: Solver = Solver.HEUN  # decoding/inversion ODE solver (a sampling setting)
+    spacing: Spacing = Spacing.QUADRATIC  # timestep grid of decoding and inversion
     prediction: Prediction = Prediction.EPS  # UNet output (a training setting)
 
 
 @dataclass(frozen=True)
 class TrainParams:
-    steps: int = field(default=3000, metadata=POSITIVE)
-    batch_size: int = field(default=64, metadata=POSITIVE)
-    lr: float = field(default=5e-4, metadata=POSITIVE)
+    steps: int = field(default=3400, metadata=POSITIVE)
+    batch_size: int = field(default=32, metadata=POSITIVE)
+    lr: float = field(default=1e-3, metadata=POSITIVE)
     lr_schedule: LrSchedule = LrSchedule.CONSTANT
     loss_weighting: LossWeighting = LossWeighting.UNIFORM
     min_snr_gamma: float = field(default=5.0, metadata=POSITIVE)  # gamma of min_snr
@@ -281,19 +284,19 @@ class TrainParams:
 @dataclass(frozen=True)
 class EncodeParams:
     split: str = "test"
-    steps: int = field(default=50, metadata=POSITIVE)  # DDIM inversion steps
-    batch_size: int = field(default=250, metadata=POSITIVE)
-    max_images: int = field(default=0, metadata=NON_NEGATIVE)  # 0 = whole split
+    steps: int = field(default=20, metadata=POSITIVE)  # inversion steps (grid points)
+    batch_size: int = field(default=100, metadata=POSITIVE)
+    max_images: int = field(default=100, metadata=NON_NEGATIVE)  # 0 = whole split
 
 
 @dataclass(frozen=True)
 class InterveneParams:
     split: str = "test"
     max_images: int = field(default=100, metadata=NON_NEGATIVE)
-    steps: int = field(default=50, metadata=POSITIVE)
+    steps: int = field(default=20, metadata=POSITIVE)
     guidance: float = field(default=0.1, metadata=NON_NEGATIVE)
     guidance_mode: GuidanceMode = GuidanceMode.FACTUAL
-    abduction: Abduction = Abduction.INVERT
+    abduction: Abduction = Abduction.PARTIAL
     t0: int = field(default=700, metadata=POSITIVE)  # for partial abduction
     parents_from: ParentsFrom = ParentsFrom.LABELS
     batch_size: int = field(default=100, metadata=POSITIVE)
@@ -308,28 +311,29 @@ class RenderParams:
 @dataclass(frozen=True)
 class EvaluateParams:
     split: str = "test"
-    max_images: int = field(default=20, metadata=NON_NEGATIVE)
-    steps: int = field(default=50, metadata=POSITIVE)
+    max_images: int = field(default=100, metadata=NON_NEGATIVE)
+    steps: int = field(default=20, metadata=POSITIVE)
     guidance: float = field(default=0.1, metadata=NON_NEGATIVE)
     seed: int = 0  # first seed of the intervention draws (seeds seed, seed+1, ...)
     seeds: int = field(default=3, metadata=POSITIVE)  # draws: rows report mean and std
-    cycle_images: int = field(default=8, metadata=NON_NEGATIVE)  # composition/reversibility
+    cycle_images: int = field(default=16, metadata=NON_NEGATIVE)  # composition/reversibility
     composition_steps: int = field(default=10, metadata=POSITIVE)  # m of the long null chain
     reversibility_cycles: int = field(default=5, metadata=POSITIVE)
     dci_images: int = field(default=1000, metadata=POSITIVE)  # train codes for the DCI fit
     dci_trees: int = field(default=50, metadata=POSITIVE)  # boosting rounds per factor
     frechet_images: int = field(default=1000, metadata=POSITIVE)  # train images: FD reference
     scatter_points: int = field(default=2000, metadata=POSITIVE)  # points per scatter CSV
-    sweep_guidance: tuple[float, ...] = ()  # curves: metrics vs guidance scale (() = off)
-    sweep_steps: tuple[int, ...] = ()  # curves: metrics vs DDIM steps (() = off)
-    sweep_images: int = field(default=10, metadata=POSITIVE)  # images of the curves
+    # curves: metrics against the guidance scale and the step count (() = off)
+    sweep_guidance: tuple[float, ...] = (0.0, 0.1, 0.2, 0.4)
+    sweep_steps: tuple[int, ...] = (10, 15, 20, 50)
+    sweep_images: int = field(default=8, metadata=POSITIVE)  # images of the curves
 
 
 @dataclass(frozen=True)
 class PredictorParams:
     """The anti-causal predictors `train-predictors` fits (effectiveness, predicted)."""
 
-    steps: int = field(default=600, metadata=POSITIVE)  # optimiser steps per predictor
+    steps: int = field(default=1500, metadata=POSITIVE)  # optimiser steps per predictor
     batch_size: int = field(default=64, metadata=POSITIVE)
     lr: float = field(default=3e-3, metadata=POSITIVE)
     channels: int = field(default=16, metadata=POSITIVE)  # base channels of the CNN

@@ -183,7 +183,8 @@ class CounterfactualEngine:
     def __init__(self, model: CausalDiffAE, diffusion: GaussianDiffusion,
                  label_quantiles: np.ndarray | None = None, step: int = 0,
                  inversion_iters: int = 1, solver: cfg.Solver = cfg.Solver.DDIM,
-                 spacing: cfg.Spacing = cfg.Spacing.UNIFORM, null_trained: bool = True) -> None:
+                 spacing: cfg.Spacing = cfg.Spacing.UNIFORM, null_trained: bool = True,
+                 intervene: cfg.InterveneParams | None = None) -> None:
         self.model = model.eval()
         self.diffusion = diffusion
         self.graph = model.graph
@@ -196,6 +197,9 @@ class CounterfactualEngine:
         # whether training ever showed the learned null condition (train.p_uncond or p_block_drop
         # > 0): classifier-free (unconditional) guidance needs it
         self.null_trained = null_trained
+        # what :meth:`counterfactual` does when a call leaves a setting out: the intervene
+        # section of the model's params (what `cdae intervene` does), else params.yaml's defaults
+        self.defaults = intervene if intervene is not None else cfg.InterveneParams()
 
     def set_sampling(self, dp: cfg.DiffusionParams) -> None:
         """Use the sampling settings of ``dp`` (inversion_iters, solver, spacing): they are not
@@ -240,7 +244,8 @@ class CounterfactualEngine:
         q = ck.get("label_quantiles")
         engine = cls(model, make_diffusion(params).to(device),
                      np.asarray(q) if q is not None else None, int(ck.get("step", 0)),
-                     null_trained=params.train.p_uncond > 0 or params.train.p_block_drop > 0)
+                     null_trained=params.train.p_uncond > 0 or params.train.p_block_drop > 0,
+                     intervene=params.intervene)
         engine.set_sampling(params.diffusion)
         return engine
 
@@ -317,12 +322,13 @@ class CounterfactualEngine:
     @torch.no_grad()
     def predict(self, factual: Factual, z_cf: torch.Tensor, *, steps: int, guidance: float,
                 abduction: cfg.Abduction = cfg.Abduction.INVERT, t0: int = 700,
-                guidance_mode: cfg.GuidanceMode = cfg.GuidanceMode.UNCONDITIONAL) -> torch.Tensor:
+                guidance_mode: cfg.GuidanceMode = cfg.GuidanceMode.FACTUAL) -> torch.Tensor:
         """Prediction: DDIM-decode x_T with c_cf = flatten(z_cf) and guidance s -> (B, C, H, W).
 
-        ``guidance_mode`` NULL: eps~ = eps(c_cf) + s (eps(c_cf) - eps(null)) (classifier-free);
-        FACTUAL: eps~ = eps(c_cf) + s (eps(c_cf) - eps(c)), c the factual condition: it
-        amplifies only what the intervention changed (one doubled-batch forward either way)."""
+        ``guidance_mode`` FACTUAL (params' default): eps~ = eps(c_cf) + s (eps(c_cf) - eps(c)),
+        c the factual condition: it amplifies only what the intervention changed; UNCONDITIONAL:
+        eps~ = eps(c_cf) + s (eps(c_cf) - eps(null)) (classifier-free). One doubled-batch
+        forward either way."""
         if (guidance_mode is cfg.GuidanceMode.UNCONDITIONAL and guidance != 0
                 and not self.null_trained):
             raise ConfigError("guidance_mode unconditional needs the learned null condition, "
@@ -369,15 +375,25 @@ class CounterfactualEngine:
     # ------------------------------------------------------------------ one call
     @torch.no_grad()
     def counterfactual(self, images: np.ndarray, do: Mapping[str, float], *,
-                       labels: np.ndarray | None = None, guidance: float = 0.0, steps: int = 50,
-                       abduction: cfg.Abduction = cfg.Abduction.INVERT, t0: int = 700,
-                       batch_size: int = 100, seed: int = 0,
+                       labels: np.ndarray | None = None, guidance: float | None = None,
+                       steps: int | None = None, abduction: cfg.Abduction | None = None,
+                       t0: int | None = None, guidance_mode: cfg.GuidanceMode | None = None,
+                       batch_size: int | None = None, seed: int = 0,
                        progress: Callable[[int], None] | None = None) -> CounterfactualResult:
         """Counterfactuals for uint8 images (N, C, H, W) under ``do`` ({name: raw value}).
 
         ``labels`` (N, K) raw, NaN = unknown: abduct parents from labels where given (else the
-        image). Returns images, factual and counterfactual parents (what the model believes).
+        image). A setting left out (None) is the engine's :attr:`defaults`: for a loaded model
+        the intervene section of its params, so the call answers what `cdae intervene` answers.
+        Returns images, factual and counterfactual parents (what the model believes).
         """
+        d = self.defaults
+        guidance = d.guidance if guidance is None else guidance
+        steps = d.steps if steps is None else steps
+        abduction = d.abduction if abduction is None else cfg.Abduction(abduction)
+        t0 = d.t0 if t0 is None else t0
+        guidance_mode = d.guidance_mode if guidance_mode is None else cfg.GuidanceMode(guidance_mode)
+        batch_size = d.batch_size if batch_size is None else batch_size
         checked: dict[str, float] = {}
         for name, value in do.items():
             add_intervention(checked, name, value, self.graph)
@@ -390,7 +406,7 @@ class CounterfactualEngine:
             fact = self.abduct(x, y, steps=steps, abduction=abduction, t0=t0, generator=gen)
             z_cf = self.intervene(fact, checked)
             x_cf = self.predict(fact, z_cf, steps=steps, guidance=guidance, abduction=abduction,
-                                t0=t0)
+                                t0=t0, guidance_mode=guidance_mode)
             outs.append(to_uint8(x_cf))
             pf.append(fact.parents.cpu().numpy())
             cf_par = self.model.read_labels(z_cf)
@@ -402,5 +418,6 @@ class CounterfactualEngine:
         return CounterfactualResult(
             images=np.concatenate(outs), parents_factual=np.concatenate(pf),
             parents_cf=np.concatenate(pc), names=self.graph.names, do=checked,
-            settings={"guidance": guidance, "steps": steps, "abduction": abduction.value,
+            settings={"guidance": guidance, "guidance_mode": guidance_mode.value, "steps": steps,
+                      "abduction": abduction.value, "t0": t0,
                       "parents_from": "labels" if labels is not None else "image"})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import yaml
@@ -170,3 +171,17 @@ def test_any_params_value_is_accepted_or_named(path, value) -> None:
         assert "\n" not in str(err)
         return
     assert getattr(getattr(p, path[0]), path[1]) is not None
+
+
+def test_a_key_left_out_means_the_shipped_value() -> None:
+    """The dataclasses' defaults are params.yaml's base values: a params file with the graph
+    alone resolves to the shipped settings (bar the example interventions), so leaving a key out
+    can never select a setting the README does not document."""
+    raw = base_raw()
+    full = config.resolve(raw)
+    minimal = config.resolve({"graph": raw["graph"]})
+    for section in dataclasses.fields(config.Params):
+        want, got = getattr(full, section.name), getattr(minimal, section.name)
+        if section.name == "intervene":
+            want = dataclasses.replace(want, interventions={})
+        assert got == want, section.name

@@ -502,6 +502,28 @@ def test_python_api_encode_abduct_decode(project: Path) -> None:
     np.testing.assert_allclose(result.parents_cf[:, 0], 2.0)
 
 
+def test_python_api_default_call_answers_what_intervene_wrote(project: Path) -> None:
+    """engine.counterfactual(images, do) with every setting left out uses the model's intervene
+    params (partial abduction, factual guidance, the profile's steps and t0): the counterfactuals
+    `cdae intervene` wrote for the same rows, up to a grey level where the cached x_t0 of
+    encode-latents was inverted in other batches."""
+    from cdae.config import Abduction, GuidanceMode
+    from cdae.counterfactual import CounterfactualEngine
+    from cdae.dataset import read_dataset
+
+    engine = CounterfactualEngine.load(project / "models/model.pt")
+    ds = read_dataset(project / "data/dataset.h5")
+    with h5py.File(project / "data/counterfactuals/thickness_2.h5") as f:
+        rows, written = f["index"][()], f["counterfactual"][()]
+    result = engine.counterfactual(ds.images[rows], {"thickness": 2.0}, labels=ds.labels[rows])
+    tiny = yaml.safe_load((project / "params.yaml").read_text())["profiles"]["tiny"]["intervene"]
+    assert result.settings["abduction"] == Abduction.PARTIAL.value
+    assert result.settings["guidance_mode"] == GuidanceMode.FACTUAL.value
+    assert (result.settings["steps"], result.settings["t0"]) == (tiny["steps"], tiny["t0"])
+    diff = np.abs(result.images.astype(int) - written.astype(int))
+    assert diff.max() <= 1 and diff.mean() < 0.01
+
+
 def test_factual_guidance_leaves_a_null_intervention_exact(project: Path) -> None:
     """Guidance away from the factual condition amplifies only what an intervention changes:
     with z_cf = z it decodes exactly as unguided; classifier-free guidance does not."""
