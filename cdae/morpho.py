@@ -89,7 +89,7 @@ ProgressFn = Callable[[int], None]
 
 try:  # pragma: no cover - exercised implicitly, the fallback only on other skimage versions
     from skimage.morphology._skeletonize_various_cy import _skeletonize_loop as _sk_loop
-except Exception:  # pragma: no cover
+except ImportError:  # pragma: no cover
     _sk_loop = None
 
 _EIGHT = np.ones((3, 3), dtype=bool)
