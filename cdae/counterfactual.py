@@ -182,18 +182,18 @@ class CounterfactualEngine:
 
     def __init__(self, model: CausalDiffAE, diffusion: GaussianDiffusion,
                  label_quantiles: np.ndarray | None = None, step: int = 0,
-                 inversion_iters: int = 1, solver: cfg.Solver = cfg.Solver.DDIM,
-                 spacing: cfg.Spacing = cfg.Spacing.UNIFORM, null_trained: bool = True,
-                 intervene: cfg.InterveneParams | None = None) -> None:
+                 null_trained: bool = True, intervene: cfg.InterveneParams | None = None,
+                 sampling: cfg.DiffusionParams | None = None) -> None:
         self.model = model.eval()
         self.diffusion = diffusion
         self.graph = model.graph
         self.device = next(model.parameters()).device
         self.label_quantiles = label_quantiles
         self.step = step
-        self.inversion_iters = inversion_iters  # fixed-point refinements per inversion step
-        self.solver = cfg.Solver(solver)  # ODE solver of inversion and decoding
-        self.spacing = cfg.Spacing(spacing)  # their timestep grid
+        # inversion_iters (fixed-point refinements per inversion step), solver (the ODE solver of
+        # inversion and decoding) and spacing (their timestep grid): ``sampling``'s, else
+        # params.yaml's defaults
+        self.set_sampling(sampling if sampling is not None else cfg.DiffusionParams())
         # whether training ever showed the learned null condition (train.p_uncond or p_block_drop
         # > 0): classifier-free (unconditional) guidance needs it
         self.null_trained = null_trained
@@ -205,8 +205,8 @@ class CounterfactualEngine:
         """Use the sampling settings of ``dp`` (inversion_iters, solver, spacing): they are not
         training settings, so the current params win over the checkpoint's."""
         self.inversion_iters = dp.inversion_iters
-        self.solver = dp.solver
-        self.spacing = dp.spacing
+        self.solver = cfg.Solver(dp.solver)
+        self.spacing = cfg.Spacing(dp.spacing)
 
     def sampling_attrs(self) -> dict[str, object]:
         """The sampling settings as file attributes (what inverted or decoded a file's images)."""
@@ -245,18 +245,19 @@ class CounterfactualEngine:
         engine = cls(model, make_diffusion(params).to(device),
                      np.asarray(q) if q is not None else None, int(ck.get("step", 0)),
                      null_trained=params.train.p_uncond > 0 or params.train.p_block_drop > 0,
-                     intervene=params.intervene)
-        engine.set_sampling(params.diffusion)
+                     intervene=params.intervene, sampling=params.diffusion)
         return engine
 
     @classmethod
     def for_params(cls, path: str | Path, params: cfg.Params) -> "CounterfactualEngine":
         """The model at ``path`` on ``params.device`` (auto: cuda when present), sampling with
-        ``params.diffusion``'s solver, grid and inversion iterations: what the stages use."""
+        ``params.diffusion``'s solver, grid and inversion iterations and, in :meth:`counterfactual`,
+        ``params.intervene``'s settings: what the stages use."""
         from cdae.training import select_device
 
         engine = cls.load(path, device=select_device(params.device, "device"))
         engine.set_sampling(params.diffusion)
+        engine.defaults = params.intervene
         return engine
 
     # ------------------------------------------------------------------ support checks

@@ -74,14 +74,11 @@ def test_profile_trains_and_answers_a_do_query(profile: str) -> None:
             if n != "null_cond" and (q.grad is None or not bool(q.grad.abs().sum() > 0))]
     assert dead == []
 
-    engine = CounterfactualEngine(model, diffusion, solver=p.diffusion.solver,
-                                  spacing=p.diffusion.spacing)
+    engine = CounterfactualEngine(model, diffusion, intervene=p.intervene, sampling=p.diffusion)
     images = ((x + 1) * 127.5).round().to(torch.uint8).numpy()
     root = p.graph.topological_order()[0]
     value = 1.5 if not p.graph.variable(root).is_categorical else 3.0
-    result = engine.counterfactual(images, {root: value}, labels=y.numpy(), steps=3,
-                                   abduction=p.intervene.abduction, t0=p.intervene.t0,
-                                   guidance=p.intervene.guidance)
+    result = engine.counterfactual(images, {root: value}, labels=y.numpy(), steps=3)
     assert result.images.shape == images.shape and result.images.dtype == np.uint8
     np.testing.assert_allclose(result.parents_cf[:, p.graph.index(root)], value)
     downstream = set(p.graph.descendants([root]))
