@@ -338,6 +338,7 @@ class PredictorParams:
     lr: float = field(default=3e-3, metadata=POSITIVE)
     channels: int = field(default=16, metadata=POSITIVE)  # base channels of the CNN
     hidden: int = field(default=64, metadata=POSITIVE)  # penultimate features
+    judges: int = field(default=3, metadata=POSITIVE)  # seeds of each categorical predictor
     threads: int = field(default=0, metadata=NON_NEGATIVE)  # torch CPU threads, 0 = default
     seed: int = 0
 

@@ -18,6 +18,7 @@ File ``predictors.pt``: plain values and state dicts (``torch.load(weights_only=
 
 from __future__ import annotations
 
+import functools
 import math
 import pickle
 import zipfile
@@ -109,6 +110,8 @@ class Predictors:
     label_std: np.ndarray
     test_error: dict[str, dict[str, float]] = field(default_factory=dict)
     settings: dict[str, object] = field(default_factory=dict)
+    # categorical variable -> the other seeds' predictors of it (``predictors.judges`` > 1)
+    judges: dict[str, list[PredictorNet]] = field(default_factory=dict)
 
     def _inputs(self, spec: Spec, values: Mapping[str, np.ndarray], n: int) -> torch.Tensor:
         cols = []
@@ -154,6 +157,23 @@ class Predictors:
         return out
 
     @torch.no_grad()
+    def judge_classes(self, images: np.ndarray, var: str,
+                      values: Mapping[str, np.ndarray] | None = None,
+                      batch_size: int = 256) -> np.ndarray:
+        """Every judge's class of categorical ``var`` for uint8 images (N, C, H, W) -> (J, N):
+        row 0 the predictor's (:meth:`predict`), then one row per other seed in
+        :attr:`judges`. ``values``: the children values it reads, as for :meth:`predict`."""
+        spec = next(s for s in specs(self.graph) if s.var == var)
+        inputs = self._inputs(spec, values or {}, images.shape[0])
+        rows = []
+        for net in [self.nets[var], *self.judges.get(var, [])]:
+            logits = [net(_to_unit(images[lo:lo + batch_size]), inputs[lo:lo + batch_size])
+                      for lo in range(0, images.shape[0], batch_size)]
+            rows.append(torch.cat(logits).argmax(dim=1).double().numpy()
+                        if logits else np.zeros(0))
+        return np.stack(rows)
+
+    @torch.no_grad()
     def features(self, images: np.ndarray, values: Mapping[str, np.ndarray] | None = None,
                  batch_size: int = 256) -> np.ndarray:
         """Penultimate features (N, hidden) of the feature predictor (see the module doc)."""
@@ -172,7 +192,9 @@ class Predictors:
                 "label_mean": [float(v) for v in self.label_mean],
                 "label_std": [float(v) for v in self.label_std],
                 "test_error": self.test_error, "settings": dict(self.settings),
-                "nets": {k: net.state_dict() for k, net in self.nets.items()}}
+                "nets": {k: net.state_dict() for k, net in self.nets.items()},
+                "judges": {k: [net.state_dict() for net in nets]
+                           for k, nets in self.judges.items()}}
         with atomic_path(path) as tmp:
             torch.save(blob, tmp)
 
@@ -206,23 +228,71 @@ class Predictors:
             net = _build(spec, shape, int(st["channels"]), int(st["hidden"]))
             net.load_state_dict(blob["nets"][spec.var])
             nets[spec.var] = net.eval()
+        judges: dict[str, list[PredictorNet]] = {}
+        for var, states in dict(blob.get("judges", {})).items():  # absent in older files
+            spec = next(s for s in specs(graph) if s.var == var)
+            judges[var] = []
+            for state in states:
+                net = _build(spec, shape, int(st["channels"]), int(st["hidden"]))
+                net.load_state_dict(state)
+                judges[var].append(net.eval())
         return cls(graph, shape, nets, np.asarray(blob["label_mean"], np.float64),  # type: ignore[arg-type]
-                   np.asarray(blob["label_std"], np.float64), dict(blob["test_error"]), st)
+                   np.asarray(blob["label_std"], np.float64), dict(blob["test_error"]), st,
+                   judges)
 
 
 def _build(spec: Spec, image_shape: tuple[int, ...], channels: int, hidden: int) -> PredictorNet:
     return PredictorNet(image_shape[0], len(spec.inputs), spec.classes or 1, channels, hidden)
 
 
+def _fit(spec: Spec, images: np.ndarray, labels: np.ndarray, std_labels: np.ndarray,
+         train_rows: np.ndarray, j: int, inp_idx: list[int], seed: int, *,
+         shape: tuple[int, ...], steps: int, batch_size: int, lr: float, channels: int,
+         hidden: int) -> tuple[PredictorNet, float]:
+    """One predictor of ``spec`` (variable index ``j``) fitted on ``train_rows``, seeded by
+    ``seed + j``; returns it in eval mode and its last training loss."""
+    torch.manual_seed(seed + j)
+    net = _build(spec, shape, channels, hidden)  # type: ignore[arg-type]
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+    rng = np.random.default_rng(seed + j)
+    last = float("nan")
+    net.train()
+    for _ in range(steps):
+        b = np.sort(rng.choice(train_rows, size=min(batch_size, train_rows.size),
+                               replace=False))
+        x = _to_unit(images[b])
+        # light augmentation: a one-pixel random shift keeps small CNNs from memorising
+        dx, dy = (int(v) for v in rng.integers(-1, 2, size=2))
+        x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+        inputs = torch.as_tensor(std_labels[b][:, inp_idx], dtype=torch.float32)
+        out = net(x, inputs)
+        if spec.classes:
+            loss = nn.functional.cross_entropy(out, torch.as_tensor(labels[b, j]).long())
+        else:
+            target = torch.as_tensor(std_labels[b, j], dtype=torch.float32)
+            loss = nn.functional.smooth_l1_loss(out[:, 0], target, beta=0.1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        last = float(loss.detach())
+    return net.eval(), last
+
+
 def train(images: np.ndarray, labels: np.ndarray, label_mask: np.ndarray, split: np.ndarray,
           graph: CausalGraph, label_mean: np.ndarray, label_std: np.ndarray, *, steps: int,
           batch_size: int, lr: float, channels: int, hidden: int, seed: int,
-          log: Callable[[str], None] | None = None) -> Predictors:
+          judges: int = 1, log: Callable[[str], None] | None = None) -> Predictors:
     """Fit q(v | x, children(v)) for every variable on the train split (split == 0) where v and
     its children are labelled (``label_mask``) and score each on the test split (split == 1):
     MAE in raw units (continuous) or accuracy (categorical); NaN when the test split holds no
-    labelled example. Seeded: the same inputs give the same weights on one machine."""
+    labelled example. ``judges`` > 1 fits each categorical predictor that many times, with
+    seeds ``seed``, ``seed + 1``, ...: the first is the predictor, the others are
+    :attr:`Predictors.judges` beside it. Seeded: the same inputs give the same weights on one
+    machine."""
     nets: dict[str, PredictorNet] = {}
+    extra: dict[str, list[PredictorNet]] = {}
     errors: dict[str, dict[str, float]] = {}
     shape = tuple(images.shape[1:])
     labels = np.asarray(labels, np.float64)
@@ -233,41 +303,21 @@ def train(images: np.ndarray, labels: np.ndarray, label_mask: np.ndarray, split:
         ok = np.isfinite(labels[:, cols]).all(1)
         train_rows = np.flatnonzero(ok & label_mask[:, cols].all(1) & (split == 0))
         test_rows = np.flatnonzero(ok & (split == 1))
-        torch.manual_seed(seed + j)
-        net = _build(spec, shape, channels, hidden)  # type: ignore[arg-type]
-        opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
-        rng = np.random.default_rng(seed + j)
-        inp_idx = [graph.index(c) for c in spec.inputs]
-        last = float("nan")
         if train_rows.size == 0:
             raise DataError(f"no labelled train example of {spec.var}"
                             + (f" with its children {', '.join(spec.inputs)}"
                                if spec.inputs else ""),
                             hint="predictors need labels; check data.labeled_fraction")
-        net.train()
-        for step in range(steps):
-            b = np.sort(rng.choice(train_rows, size=min(batch_size, train_rows.size),
-                                   replace=False))
-            x = _to_unit(images[b])
-            # light augmentation: a one-pixel random shift keeps small CNNs from memorising
-            dx, dy = (int(v) for v in rng.integers(-1, 2, size=2))
-            x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
-            inputs = torch.as_tensor(std_labels[b][:, inp_idx], dtype=torch.float32)
-            out = net(x, inputs)
-            if spec.classes:
-                loss = nn.functional.cross_entropy(out, torch.as_tensor(labels[b, j]).long())
-            else:
-                target = torch.as_tensor(std_labels[b, j], dtype=torch.float32)
-                loss = nn.functional.smooth_l1_loss(out[:, 0], target, beta=0.1)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            last = float(loss.detach())
-        net.eval()
+        inp_idx = [graph.index(c) for c in spec.inputs]
+        fit = functools.partial(_fit, spec, images, labels, std_labels, train_rows, j, inp_idx,
+                                shape=shape, steps=steps, batch_size=batch_size, lr=lr,
+                                channels=channels, hidden=hidden)
+        net, last = fit(seed)
         nets[spec.var] = net
-        pred = Predictors(graph, shape, {spec.var: net}, label_mean, label_std)  # type: ignore[arg-type]
+        if spec.classes and judges > 1:
+            extra[spec.var] = [fit(seed + k)[0] for k in range(1, judges)]
+        pred = Predictors(graph, shape, {spec.var: net}, label_mean, label_std,  # type: ignore[arg-type]
+                          judges={k: v for k, v in extra.items() if k == spec.var})
         err: dict[str, float] = {"train_examples": float(train_rows.size),
                                  "test_examples": float(test_rows.size),
                                  "final_train_loss": last}
@@ -277,6 +327,10 @@ def train(images: np.ndarray, labels: np.ndarray, label_mask: np.ndarray, split:
             truth = labels[test_rows, j]
             if spec.classes:
                 err["test_accuracy"] = float(np.mean(p == truth))
+                if spec.var in extra:
+                    every = pred.judge_classes(images[test_rows], spec.var)
+                    for k in range(1, every.shape[0]):
+                        err[f"test_accuracy_judge_{k}"] = float(np.mean(every[k] == truth))
             else:
                 err["test_mae"] = float(np.mean(np.abs(p - truth)))
         else:
@@ -288,4 +342,4 @@ def train(images: np.ndarray, labels: np.ndarray, label_mask: np.ndarray, split:
     return Predictors(graph, shape, nets, np.asarray(label_mean, np.float64),  # type: ignore[arg-type]
                       np.asarray(label_std, np.float64), errors,
                       {"steps": steps, "batch_size": batch_size, "lr": lr, "channels": channels,
-                       "hidden": hidden, "seed": seed})
+                       "hidden": hidden, "seed": seed, "judges": judges}, extra)

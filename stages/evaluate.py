@@ -174,6 +174,9 @@ class _Context:
         # the predictors' reading of the factual images (the identity a counterfactual keeps)
         self.pred_factual = (predictors.predict(self.x_np, self.labels)
                              if predictors is not None else {})
+        # every judge seed's reading of them, for categorical variables with several seeds
+        self.judges_factual = ({m: predictors.judge_classes(self.x_np, m, self.labels)
+                                for m in predictors.judges} if predictors is not None else {})
 
     def first(self, k: int) -> "_Context":
         """The same evaluation on the first ``k`` images only."""
@@ -316,6 +319,8 @@ def _attribute_rows(ctx: _Context, images: np.ndarray, s: Scored, rows: np.ndarr
                 if kept.any() and m in ctx.pred_factual:
                     out[f"predicted_{m}_kept"] = accuracy(predicted[m][kept],
                                                           ctx.pred_factual[m][sel][kept])
+                if kept.any() and m in ctx.judges_factual:
+                    out.update(_judges_kept(ctx, m, images, target, sel, kept))
             else:
                 out[f"predicted_{m}_mae"] = mae(predicted[m], target[m])
             values.setdefault(m, ("predicted", predicted[m]))
@@ -325,6 +330,19 @@ def _attribute_rows(ctx: _Context, images: np.ndarray, s: Scored, rows: np.ndarr
             out.update(split)
             out.update(_categorical_by_support(ctx, m, target, predicted, on, off))
     return out, values
+
+
+def _judges_kept(ctx: _Context, m: str, images: np.ndarray, target: Mapping[str, np.ndarray],
+                 sel: np.ndarray, kept: np.ndarray) -> dict[str, float]:
+    """``predicted_<m>_kept`` read by every judge seed of categorical m (``predictors.judges``)
+    on the ``kept`` images (m not intervened on): the lowest and highest share kept over the
+    seeds, and the share of images whose m changed for every seed (lost beyond doubt)."""
+    every = ctx.pred.judge_classes(images, m, target)[:, kept]
+    factual = ctx.judges_factual[m][:, sel][:, kept]
+    share = (every == factual).mean(axis=1)
+    return {f"predicted_{m}_kept_judges_min": float(share.min()),
+            f"predicted_{m}_kept_judges_max": float(share.max()),
+            f"predicted_{m}_lost_all_judges": float((every != factual).all(axis=0).mean())}
 
 
 def _categorical_by_support(ctx: _Context, m: str, target: Mapping[str, np.ndarray],

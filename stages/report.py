@@ -111,6 +111,12 @@ _PATTERN_MEANINGS = (
      "share of images whose {var} was NOT intervened on and whose {var} predicted on the "
      "counterfactual equals the one predicted on the factual image (identity kept; the "
      "predictor's own errors cancel); higher is better"),
+    (re.compile(r"^predicted_(\w+)_kept_judges_(min|max)$"),
+     "predicted_{var}_kept read by each seed of the {var} predictor (predictors.judges): the "
+     "lowest (min) or highest (max) share over the seeds; the spread a judge alone adds"),
+    (re.compile(r"^predicted_(\w+)_lost_all_judges$"),
+     "share of images whose {var} was NOT intervened on and whose {var} changed for every seed "
+     "of the {var} predictor (lost beyond the judge's doubt); lower is better"),
     (re.compile(r"^frechet_(\w+)_features$"),
      "Frechet distance between the penultimate features of this project's {var} predictor "
      "on the images and on train images (not Inception: no FID); lower is more realistic"),
@@ -125,6 +131,8 @@ _PATTERN_MEANINGS = (
      "the predictor q({var} | x, ...)'s own MAE{unit} on the labelled test split"),
     (re.compile(r"^(\w+)_test_accuracy$"),
      "the predictor q({var} | x)'s own accuracy on the labelled test split"),
+    (re.compile(r"^(\w+)_test_accuracy_judge_(\d+)$"),
+     "the {var} predictor's own test accuracy at seed predictors.seed + {other} (a judge seed)"),
     (re.compile(r"^(\w+)_test_examples$"), "labelled test images that scored the {var} predictor"),
     (re.compile(r"^(\w+)_kept_true_cf_do_(\w+)$"),
      "share of the split's images whose {var} predicted on the TRUE SCM counterfactual under "

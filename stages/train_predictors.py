@@ -30,7 +30,7 @@ def run(params: cfg.Params) -> dict[str, object]:
     ds = read_dataset(params.paths.dataset)
     pred = train(ds.images, ds.labels, ds.label_mask, ds.split, ds.graph, ds.label_mean,
                  ds.label_std, steps=pp.steps, batch_size=pp.batch_size, lr=pp.lr,
-                 channels=pp.channels, hidden=pp.hidden, seed=pp.seed,
+                 channels=pp.channels, hidden=pp.hidden, seed=pp.seed, judges=pp.judges,
                  log=lambda line: log.info("train-predictors: %s", line))
     path = Path(params.paths.model_dir) / PREDICTORS_FILE
     pred.save(path)

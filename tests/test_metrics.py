@@ -290,6 +290,40 @@ def test_predictors_round_trip_and_nan_inputs(tmp_path) -> None:
         Predictors.load(tmp_path / "old.pt")
 
 
+def test_judge_seeds_leave_the_predictor_as_it_was_and_round_trip(tmp_path) -> None:
+    import torch
+
+    from cdae.graph import CausalGraph
+    from cdae.predictors import Predictors, train
+
+    graph = CausalGraph.from_dict({"variables": [
+        {"name": "a", "type": "continuous"},
+        {"name": "k", "type": "categorical", "classes": 3}], "edges": [["a", "k"]]})
+    rng = np.random.default_rng(3)
+    n = 30
+    images = rng.integers(0, 255, size=(n, 1, 8, 8)).astype(np.uint8)
+    labels = np.stack([rng.normal(size=n), rng.integers(0, 3, n)], 1)
+    split = (np.arange(n) >= 20).astype(np.uint8)
+    args = (images, labels, np.ones_like(labels, bool), split, graph, np.zeros(2), np.ones(2))
+    kw = dict(steps=3, batch_size=8, lr=1e-2, channels=2, hidden=4, seed=5)
+    one, three = train(*args, **kw), train(*args, judges=3, **kw)
+    # the first seed is the predictor itself; only categorical variables get more seeds
+    for var in ("a", "k"):
+        for name, p in one.nets[var].state_dict().items():
+            assert torch.equal(p, three.nets[var].state_dict()[name]), (var, name)
+    assert set(three.judges) == {"k"} and len(three.judges["k"]) == 2 and not one.judges
+    assert {"test_accuracy_judge_1", "test_accuracy_judge_2"} <= set(three.test_error["k"])
+    every = three.judge_classes(images, "k")
+    assert every.shape == (3, n)
+    np.testing.assert_array_equal(every[0], three.predict(images, variables=("k",))["k"])
+    # seed + 1 is another network: the second judge is not a copy of the first
+    assert any(not torch.equal(p, three.judges["k"][0].state_dict()[name])
+               for name, p in three.nets["k"].state_dict().items())
+    three.save(tmp_path / "p.pt")
+    np.testing.assert_array_equal(Predictors.load(tmp_path / "p.pt").judge_classes(images, "k"),
+                                  every)
+
+
 def test_sweep_curves_sort_x_pick_effectiveness_and_mark_missing() -> None:
     from stages.evaluate import curve_chart, sweep_curves
 

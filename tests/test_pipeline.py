@@ -158,6 +158,17 @@ def check_scorecard(project: Path, metrics: dict) -> None:
     assert csv.startswith("target,value\n") and len(csv.splitlines()) == 1 + ep["max_images"]
     # identity kept: the digit read on do(thickness) counterfactuals against the factual reading
     assert 0 <= metrics["do_thickness"]["predicted_digit_kept"] <= 1
+    # ... and by every judge seed (predictors.judges: 3): the first seed is the row's own
+    # judge, so its reading lies between the seeds' lowest and highest; doing nothing keeps
+    # every digit for every seed
+    row = metrics["do_thickness"]
+    assert (row["predicted_digit_kept_judges_min"] <= row["predicted_digit_kept"]
+            <= row["predicted_digit_kept_judges_max"])
+    assert 0 <= row["predicted_digit_lost_all_judges"] <= 1 - row["predicted_digit_kept_judges_max"]
+    nothing = metrics["do_thickness_do_nothing"]
+    assert nothing["predicted_digit_kept_judges_min"] == 1.0
+    assert nothing["predicted_digit_lost_all_judges"] == 0.0
+    assert {"digit_test_accuracy_judge_1", "digit_test_accuracy_judge_2"} <= set(judge)
     assert "predicted_digit_kept" not in metrics["do_digit"]  # every digit was intervened on
     for what in ("guidance", "steps"):  # the curves: PNG, one CSV per series, groups
         assert f"sweep_{what}.png" in {p.name for p in pngs}
