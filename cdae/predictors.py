@@ -159,14 +159,16 @@ class Predictors:
     @torch.no_grad()
     def judge_classes(self, images: np.ndarray, var: str,
                       values: Mapping[str, np.ndarray] | None = None,
-                      batch_size: int = 256) -> np.ndarray:
+                      first: np.ndarray | None = None, batch_size: int = 256) -> np.ndarray:
         """Every judge's class of categorical ``var`` for uint8 images (N, C, H, W) -> (J, N):
-        row 0 the predictor's (:meth:`predict`), then one row per other seed in
-        :attr:`judges`. ``values``: the children values it reads, as for :meth:`predict`."""
+        row 0 the predictor's (:meth:`predict`; ``first`` when the caller already has it),
+        then one row per other seed in :attr:`judges`. ``values``: the children values it
+        reads, as for :meth:`predict`."""
         spec = next(s for s in specs(self.graph) if s.var == var)
         inputs = self._inputs(spec, values or {}, images.shape[0])
-        rows = []
-        for net in [self.nets[var], *self.judges.get(var, [])]:
+        rows = [] if first is None else [np.asarray(first, np.float64)]
+        nets = [self.nets[var]] if first is None else []
+        for net in [*nets, *self.judges.get(var, [])]:
             logits = [net(_to_unit(images[lo:lo + batch_size]), inputs[lo:lo + batch_size])
                       for lo in range(0, images.shape[0], batch_size)]
             rows.append(torch.cat(logits).argmax(dim=1).double().numpy()

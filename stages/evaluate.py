@@ -175,7 +175,8 @@ class _Context:
         self.pred_factual = (predictors.predict(self.x_np, self.labels)
                              if predictors is not None else {})
         # every judge seed's reading of them, for categorical variables with several seeds
-        self.judges_factual = ({m: predictors.judge_classes(self.x_np, m, self.labels)
+        self.judges_factual = ({m: predictors.judge_classes(self.x_np, m, self.labels,
+                                                            first=self.pred_factual[m])
                                 for m in predictors.judges} if predictors is not None else {})
 
     def first(self, k: int) -> "_Context":
@@ -320,7 +321,7 @@ def _attribute_rows(ctx: _Context, images: np.ndarray, s: Scored, rows: np.ndarr
                     out[f"predicted_{m}_kept"] = accuracy(predicted[m][kept],
                                                           ctx.pred_factual[m][sel][kept])
                 if kept.any() and m in ctx.judges_factual:
-                    out.update(_judges_kept(ctx, m, images, target, sel, kept))
+                    out.update(_judges_kept(ctx, m, images, target, predicted[m], sel, kept))
             else:
                 out[f"predicted_{m}_mae"] = mae(predicted[m], target[m])
             values.setdefault(m, ("predicted", predicted[m]))
@@ -333,11 +334,12 @@ def _attribute_rows(ctx: _Context, images: np.ndarray, s: Scored, rows: np.ndarr
 
 
 def _judges_kept(ctx: _Context, m: str, images: np.ndarray, target: Mapping[str, np.ndarray],
-                 sel: np.ndarray, kept: np.ndarray) -> dict[str, float]:
+                 predicted: np.ndarray, sel: np.ndarray, kept: np.ndarray) -> dict[str, float]:
     """``predicted_<m>_kept`` read by every judge seed of categorical m (``predictors.judges``)
     on the ``kept`` images (m not intervened on): the lowest and highest share kept over the
-    seeds, and the share of images whose m changed for every seed (lost beyond doubt)."""
-    every = ctx.pred.judge_classes(images, m, target)[:, kept]
+    seeds, and the share of images whose m changed for every seed (lost beyond doubt).
+    ``predicted``: the first seed's classes of ``images``, already made by the caller."""
+    every = ctx.pred.judge_classes(images, m, target, first=predicted)[:, kept]
     factual = ctx.judges_factual[m][:, sel][:, kept]
     share = (every == factual).mean(axis=1)
     return {f"predicted_{m}_kept_judges_min": float(share.min()),

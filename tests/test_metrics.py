@@ -316,6 +316,7 @@ def test_judge_seeds_leave_the_predictor_as_it_was_and_round_trip(tmp_path) -> N
     every = three.judge_classes(images, "k")
     assert every.shape == (3, n)
     np.testing.assert_array_equal(every[0], three.predict(images, variables=("k",))["k"])
+    np.testing.assert_array_equal(three.judge_classes(images, "k", first=every[0]), every)
     # seed + 1 is another network: the second judge is not a copy of the first
     assert any(not torch.equal(p, three.judges["k"][0].state_dict()[name])
                for name, p in three.nets["k"].state_dict().items())
