@@ -41,7 +41,9 @@ def fit(layer: CausalLayer, reference: torch.Tensor, tp: config.TrainParams,
     for step in range(tp.steps):
         rows = torch.randint(0, reference.shape[0], (tp.batch_size,), generator=gen)
         y = torch.nan_to_num(reference[rows])
-        loss = mechanism_loss(layer, y, torch.isfinite(reference[rows]), tp, gen, reference)
+        pick = (torch.randint(0, reference.shape[0], (tp.mechanism_batch,), generator=gen)
+                if tp.mechanism_batch else None)
+        loss = mechanism_loss(layer, y, torch.isfinite(reference[rows]), pick, reference)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
