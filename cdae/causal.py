@@ -87,9 +87,18 @@ class Mechanism(nn.Module):
                                  nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, out))
         self.log_sigma = nn.Parameter(torch.zeros(()))  # homoscedastic label noise scale
 
-    def forward(self, z_pa: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (loc (B,), log_scale (B,)); log_scale is 0 for the additive mechanism."""
-        out = self.net(z_pa)
+    def forward(self, z_pa: torch.Tensor, frozen: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (loc (B,), log_scale (B,)); log_scale is 0 for the additive mechanism.
+        ``frozen``: the same values with the weights detached, so the result still carries
+        gradients to ``z_pa`` but none to the mechanism's own parameters."""
+        if frozen:
+            out = z_pa
+            for layer in self.net:
+                out = (F.linear(out, layer.weight.detach(), layer.bias.detach())
+                       if isinstance(layer, nn.Linear) else layer(out))
+        else:
+            out = self.net(z_pa)
         if self.kind is MechanismKind.LOCATION_SCALE:
             return out[:, 0], out[:, 1].clamp(-5.0, 5.0)
         return out[:, 0], torch.zeros_like(out[:, 0])
@@ -175,15 +184,18 @@ class CausalLayer(nn.Module):
     def _parent_input(self, z: torch.Tensor, k: int) -> torch.Tensor:
         return torch.cat([z[:, j] for j in self.parents[k]], dim=-1)
 
-    def causal_layer(self, u: torch.Tensor) -> torch.Tensor:
-        """u (B, K, d) -> z (B, K, d), recursively in topological order."""
+    def causal_layer(self, u: torch.Tensor, frozen_mechanisms: bool = False) -> torch.Tensor:
+        """u (B, K, d) -> z (B, K, d), recursively in topological order.
+        ``frozen_mechanisms``: no gradient reaches the mechanisms' parameters from z (u still
+        gets its gradient): ``train.mechanism_fit: labels``."""
         z: list[torch.Tensor | None] = [None] * u.shape[1]
         for k in self.order:
             if not self.parents[k]:
                 z[k] = u[:, k]
                 continue
             stacked = torch.stack([z[j] for j in self.parents[k]], 1)  # type: ignore[misc]
-            loc, log_scale = self.mechanisms[self.names[k]](stacked.flatten(1))
+            loc, log_scale = self.mechanisms[self.names[k]](stacked.flatten(1),
+                                                            frozen=frozen_mechanisms)
             z[k] = loc.unsqueeze(-1) + torch.exp(log_scale).unsqueeze(-1) * u[:, k]
         return torch.stack(z, 1)  # type: ignore[arg-type]
 

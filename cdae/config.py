@@ -131,6 +131,13 @@ class CompileMode(str, enum.Enum):
     REDUCE_OVERHEAD = "reduce-overhead"  # and replayed as CUDA graphs (CUDA only; else default)
 
 
+class MechanismFit(str, enum.Enum):
+    """What fits the mechanisms f_i during training."""
+
+    JOINT = "joint"  # their label likelihood and, through z = causal_layer(u), the image terms
+    LABELS = "labels"  # their label likelihood alone: the image terms see f_i as constants
+
+
 class LrSchedule(str, enum.Enum):
     """Learning rate over the ``train.steps`` of a run (both AdamW groups alike)."""
 
@@ -265,6 +272,7 @@ class TrainParams:
     mechanism_weight: float = field(default=1.0, metadata=NON_NEGATIVE)
     mechanism_lr: float = field(default=5e-3, metadata=POSITIVE)  # mechanisms fit labels fast
     mechanism_batch: int = field(default=1024, metadata=NON_NEGATIVE)  # train labels per step
+    mechanism_fit: MechanismFit = MechanismFit.JOINT
     p_uncond: float = field(default=0.1, metadata=FRACTION)
     p_block_drop: float = field(default=0.0, metadata=FRACTION)  # per-variable null blocks
     posterior_var_scale: float = field(default=0.001, metadata=NON_NEGATIVE)
@@ -478,6 +486,11 @@ def resolve(raw: Mapping[str, Any], profile: str | None = None) -> Params:
         raise ConfigError(f"intervene.t0: {params.intervene.t0} must be below "
                           f"diffusion.timesteps ({params.diffusion.timesteps})",
                           hint="partial abduction stops inside the diffusion")
+    tp = params.train
+    if tp.mechanism_fit is MechanismFit.LABELS and tp.mechanism_weight == 0:
+        raise ConfigError("train.mechanism_fit: labels with train.mechanism_weight 0 would never "
+                          "fit the mechanisms",
+                          hint="set train.mechanism_weight > 0 or train.mechanism_fit: joint")
     ep = params.evaluate
     if any(s <= 0 for s in ep.sweep_steps):
         raise ConfigError(f"evaluate.sweep_steps: {list(ep.sweep_steps)}: every step count must "

@@ -140,7 +140,7 @@ def image_loss(model: CausalDiffAE, diffusion: GaussianDiffusion, x0: torch.Tens
     kl = 0.5 * (mean.square() + logvar.exp() - 1.0 - logvar).mean()
     std = (tp.posterior_var_scale * logvar.exp()).sqrt()
     u, style = model.split_latent(mean + std * draws.posterior)
-    z = model.causal.causal_layer(u)
+    z = model.causal.causal_layer(u, frozen_mechanisms=tp.mechanism_fit is cfg.MechanismFit.LABELS)
 
     mu = model.causal.prior_mean(y_norm)
     # g_i is fitted by the mechanisms: only the categorical embeddings learn from the images

@@ -48,6 +48,23 @@ def test_intervention_changes_only_descendants(layer) -> None:
     assert torch.equal(layer.intervene(z, u, {}), z)
 
 
+def test_frozen_mechanisms_give_the_same_z_and_gradients_only_to_u(layer) -> None:
+    """causal_layer(u, frozen_mechanisms=True) (train.mechanism_fit: labels): the same values,
+    the gradient to u unchanged, none to the mechanisms' parameters."""
+    u = torch.randn(5, 5, 4, requires_grad=True)
+    weights = torch.randn(5, 5, 4)
+    z = layer.causal_layer(u)
+    z_frozen = layer.causal_layer(u, frozen_mechanisms=True)
+    assert torch.equal(z, z_frozen)
+    (grad_u,) = torch.autograd.grad((z * weights).sum(), u, retain_graph=True)
+    mech = list(layer.mechanisms.parameters())
+    out = torch.autograd.grad((z_frozen * weights).sum(), [u, *mech], allow_unused=True)
+    torch.testing.assert_close(out[0], grad_u)
+    assert all(g is None for g in out[1:])
+    assert any(g is not None and g.abs().sum() > 0 for g in
+               torch.autograd.grad((z * weights).sum(), mech, allow_unused=True))
+
+
 def test_monotone_map_inverse_and_derivative() -> None:
     torch.manual_seed(1)
     g = MonotoneMap(knots=6)

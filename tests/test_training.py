@@ -230,6 +230,48 @@ def test_mechanisms_learn_from_the_whole_train_split(params, dataset) -> None:
     assert mechanism_loss(causal, y, unlabelled, pick(off), reference).item() == 0.0
 
 
+@pytest.mark.parametrize("fit", list(config.MechanismFit))
+def test_mechanism_fit_labels_keeps_the_image_terms_off_the_mechanisms(params, dataset,
+                                                                        fit) -> None:
+    """train.mechanism_fit: labels: the whole loss gives the mechanisms exactly the gradient of
+    their label likelihood, while the encoder still learns through the causal layer; joint
+    (the paper's): the image terms add to it."""
+    from cdae.training import build_model, draw_step, loss_terms, make_diffusion, mechanism_loss
+
+    torch.manual_seed(0)
+    model = build_model(params, dataset.image_shape, dataset.label_mean, dataset.label_std)
+    diffusion = make_diffusion(params)
+    tp = dataclasses.replace(params.train, mechanism_fit=fit, p_uncond=0.0)
+    reference = model.normalise(torch.as_tensor(dataset.labels, dtype=torch.float32))
+    x0 = torch.as_tensor(dataset.images[:8], dtype=torch.float32) / 127.5 - 1.0
+    y = torch.as_tensor(dataset.labels[:8], dtype=torch.float32)
+    mask = torch.ones(8, model.k, dtype=torch.bool)
+    draws = draw_step(model, diffusion, x0.shape, tp, torch.Generator().manual_seed(1),
+                      reference=reference)
+    mech_params = list(model.causal.mechanisms.parameters())
+
+    def grads(loss: torch.Tensor, params_: list) -> list[torch.Tensor]:
+        out = torch.autograd.grad(loss, params_, allow_unused=True, retain_graph=True)
+        return [torch.zeros_like(p) if g is None else g for p, g in zip(params_, out)]
+
+    total = loss_terms(model, diffusion, x0, y, mask, draws, torch.tensor(1.0), tp, reference)[0]
+    label_only = tp.mechanism_weight * mechanism_loss(
+        model.causal, model.normalise(y), mask, draws.mech_pick, reference)
+    same = all(torch.allclose(a, b, atol=1e-6) for a, b in
+               zip(grads(total, mech_params), grads(label_only, mech_params)))
+    assert same is (fit is config.MechanismFit.LABELS)
+    encoder = grads(total, list(model.encoder.parameters()))
+    assert sum(float(g.abs().sum()) for g in encoder) > 0
+
+
+def test_mechanism_fit_labels_needs_the_label_likelihood() -> None:
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["train"].update(mechanism_fit="labels", mechanism_weight=0)
+    with pytest.raises(config.ConfigError, match="train.mechanism_fit: labels with "
+                                                 "train.mechanism_weight 0"):
+        config.resolve(raw, "default")
+
+
 def test_cosine_schedule_runs_from_lr_to_zero_and_reaches_the_optimizer(
         params, dataset, tmp_path: Path) -> None:
     from cdae.training import lr_factor
