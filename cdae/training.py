@@ -285,8 +285,8 @@ class _StopFlag:
         for s in (signal.SIGTERM, signal.SIGINT):
             try:
                 self._old[s] = signal.signal(s, self._handle)
-            except ValueError:  # not the main thread
-                pass
+            except ValueError:  # not the main thread: signals stay with the caller
+                log.debug("train: no %s handler outside the main thread", s.name)
         return self
 
     def _handle(self, signum: int, _frame: Any) -> None:
