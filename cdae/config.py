@@ -510,7 +510,15 @@ def load(path: str | Path = "params.yaml", profile: str | None = None) -> Params
         raise ConfigError(f"{p}: params file not found",
                           hint="run from the project folder or pass --params PATH")
     try:
-        raw = yaml.safe_load(p.read_text())
+        text = p.read_text()
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{p}: not a text file (byte {err.start} is not UTF-8)",
+                          hint="pass a params.yaml with --params") from None
+    except OSError as err:
+        raise ConfigError(f"{p}: cannot read the params file ({err.strerror})",
+                          hint="check its permissions or pass --params PATH") from None
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

@@ -112,3 +112,10 @@ def test_help_is_cheap_and_version() -> None:
     for cmd in ("prepare-data", "train", "encode-latents", "intervene", "render", "evaluate"):
         r = run(cmd, "--help")
         assert r.exit_code == 0 and "Example" in r.output, cmd
+
+
+def test_params_file_that_is_not_text(tmp_path: Path) -> None:
+    binary = tmp_path / "params.yaml"
+    binary.write_bytes(b"\xff\xfe\x00\x01graph\x80\x81")
+    assert_one_line_error(run("train", "--params", str(binary)), "params.yaml: not a text file",
+                          "--params")
