@@ -64,6 +64,8 @@ def assert_one_line_error(result, *fragments: str) -> None:
     (["--values", "1:4:7"], ["--values needs --var"]),
     (["--var", "colour", "--values", "1:4:7"], ["unknown variable 'colour'"]),
     (["--var", "digit", "--values", "0:9:3"], ["'4.5' for 'digit' is not one of its classes"]),
+    (["--var", "thickness", "--value", "2", "--guidance", "inf"],
+     ["intervene.guidance: expected a finite number, got inf"]),
 ])
 def test_intervene_bad_input(params_file: Path, args, fragments) -> None:
     assert_one_line_error(run("intervene", "--params", str(params_file), *args), *fragments)
@@ -97,6 +99,11 @@ def test_bad_params_name_the_key(params_file: Path) -> None:
     params_file.write_text(yaml.safe_dump(raw))
     assert_one_line_error(run("train", "--params", str(params_file)),
                           "train.batch_size: -3 must be > 0")
+    raw["train"]["batch_size"] = 32
+    raw["train"]["lr"] = float("inf")
+    params_file.write_text(yaml.safe_dump(raw))
+    assert_one_line_error(run("train", "--params", str(params_file)),
+                          "train.lr: expected a finite number, got inf")
 
 
 def test_debug_shows_traceback(params_file: Path) -> None:
