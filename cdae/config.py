@@ -175,6 +175,10 @@ def _image_size(v: Any) -> bool:
     return 8 <= v <= 1024
 
 
+def _group_channels(v: Any) -> bool:
+    return v > 0 and v % 8 == 0
+
+
 def _check(pred, text: str) -> dict[str, Any]:
     return {"check": (pred, text)}
 
@@ -183,6 +187,8 @@ POSITIVE = _check(_positive, "must be > 0")
 NON_NEGATIVE = _check(_non_negative, "must be >= 0")
 FRACTION = _check(_fraction, "must be in [0, 1]")
 IMAGE_SIZE = _check(_image_size, "must be in 8..1024 (pixels)")
+GROUP_CHANNELS = _check(_group_channels, "must be a positive multiple of 8 (GroupNorm has 8 "
+                        "groups), e.g. 8, 16, 24, 32")
 
 
 @dataclass(frozen=True)
@@ -233,8 +239,8 @@ class DataParams:
 class ModelParams:
     latent_dim: int = field(default=16, metadata=POSITIVE)  # d, dims per variable block
     style_dim: int = field(default=0, metadata=NON_NEGATIVE)
-    encoder_channels: int = field(default=32, metadata=POSITIVE)
-    unet_channels: int = field(default=24, metadata=POSITIVE)
+    encoder_channels: int = field(default=32, metadata=GROUP_CHANNELS)
+    unet_channels: int = field(default=24, metadata=GROUP_CHANNELS)
     channel_mult: tuple[int, ...] = (1, 2, 2)
     num_res_blocks: int = field(default=1, metadata=POSITIVE)
     attention_resolutions: tuple[int, ...] = ()
@@ -494,6 +500,9 @@ def resolve(raw: Mapping[str, Any], profile: str | None = None) -> Params:
         raise ConfigError("train.mechanism_fit: labels with train.mechanism_weight 0 would never "
                           "fit the mechanisms",
                           hint="set train.mechanism_weight > 0 or train.mechanism_fit: joint")
+    if any(m <= 0 for m in params.model.channel_mult):
+        raise ConfigError(f"model.channel_mult: {list(params.model.channel_mult)}: every "
+                          "multiplier must be > 0", hint="e.g. [1, 2, 2]")
     ep = params.evaluate
     if any(s <= 0 for s in ep.sweep_steps):
         raise ConfigError(f"evaluate.sweep_steps: {list(ep.sweep_steps)}: every step count must "

@@ -126,3 +126,15 @@ def test_params_file_that_is_not_text(tmp_path: Path) -> None:
     binary.write_bytes(b"\xff\xfe\x00\x01graph\x80\x81")
     assert_one_line_error(run("train", "--params", str(binary)), "params.yaml: not a text file",
                           "--params")
+
+
+@pytest.mark.parametrize("key, value, fragment", [
+    ("unet_channels", 12, "model.unet_channels: 12 must be a positive multiple of 8"),
+    ("encoder_channels", 5, "model.encoder_channels: 5 must be a positive multiple of 8"),
+    ("channel_mult", [2, -1], "model.channel_mult: [2, -1]: every multiplier must be > 0"),
+])
+def test_network_sizes_the_networks_cannot_build(params_file: Path, key, value, fragment) -> None:
+    raw = yaml.safe_load(params_file.read_text())
+    raw["model"][key] = value
+    params_file.write_text(yaml.safe_dump(raw))
+    assert_one_line_error(run("train", "--params", str(params_file)), fragment)
