@@ -30,6 +30,7 @@ from cdae.graph import CausalGraph
 
 FORMAT = "cdae-checkpoint"
 SCHEMA_VERSION = 1
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's zip archive, the only format cdae writes
 
 
 SAMPLING_KEYS = ("inversion_iters", "solver", "spacing")  # of params' diffusion section
@@ -70,11 +71,25 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
         torch.save(payload, tmp)
 
 
+def require_torch_archive(path: Path, what: str, hint: str) -> None:
+    """DataError unless ``path`` starts as torch.save's zip archive does: any other file (text,
+    HDF5, a bare pickle) would reach torch's legacy unpickler, which fails on such bytes with
+    KeyError, IndexError or struct.error instead of a message."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(len(ZIP_MAGIC))
+    except OSError as err:
+        raise DataError(f"{path}: cannot read the {what} ({err.strerror})", hint=hint) from None
+    if magic != ZIP_MAGIC:
+        raise DataError(f"{path}: not a cdae {what} (not a torch.save archive)", hint=hint)
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load and check a checkpoint; DataError for missing, corrupt, unsafe or foreign files."""
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{p}: checkpoint not found", hint="run `cdae train` first")
+    require_torch_archive(p, "checkpoint", hint="pass a file written by `cdae train`")
     try:
         ck = torch.load(p, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:

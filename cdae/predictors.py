@@ -206,6 +206,9 @@ class Predictors:
         if not p.is_file():
             raise DataError(f"{p}: predictors file not found",
                             hint="run `cdae train-predictors` first")
+        from cdae.checkpoint import require_torch_archive
+
+        require_torch_archive(p, "predictors file", hint="re-run `cdae train-predictors`")
         try:
             blob = torch.load(p, map_location="cpu", weights_only=True)
         except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError,

@@ -138,3 +138,8 @@ def test_network_sizes_the_networks_cannot_build(params_file: Path, key, value, 
     raw["model"][key] = value
     params_file.write_text(yaml.safe_dump(raw))
     assert_one_line_error(run("train", "--params", str(params_file)), fragment)
+
+
+def test_info_on_a_file_it_cannot_read(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("hello\n")
+    assert_one_line_error(run("info", str(tmp_path / "notes.txt")), "notes.txt: not a cdae")

@@ -130,6 +130,20 @@ def test_checkpoint_corrupt_and_foreign(tmp_path: Path) -> None:
             load_checkpoint(tmp_path / "pickle.pt")
 
 
+@pytest.mark.parametrize("data", [b"hello\n", b"", b"MM", b"\x89HDF\r\n\x1a\n" + bytes(64)],
+                         ids=["text", "empty", "short", "hdf5"])
+def test_checkpoint_and_predictors_that_are_not_torch_archives(tmp_path: Path, data) -> None:
+    # torch's legacy unpickler fails on such bytes with KeyError / IndexError / struct.error
+    from cdae.predictors import Predictors
+
+    path = tmp_path / "model.pt"
+    path.write_bytes(data)
+    with pytest.raises(DataError, match="model.pt: not a cdae checkpoint"):
+        load_checkpoint(path)
+    with pytest.raises(DataError, match="model.pt: not a cdae predictors file"):
+        Predictors.load(path)
+
+
 def test_checkpoint_without_a_later_setting_gets_the_behaviour_it_was_trained_with(
         tmp_path: Path) -> None:
     # model.condition_space came after the first checkpoints; those decoded from z ("latent"),
