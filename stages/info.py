@@ -39,7 +39,13 @@ def describe(path: str | Path) -> dict[str, object]:
     if magic.startswith(b"\x89HDF"):
         import h5py
 
-        with h5py.File(p, "r") as f:
+        try:
+            f = h5py.File(p, "r")
+        except OSError as err:
+            raise DataError(f"{p}: cannot read the HDF5 file ({err})",
+                            hint="it is truncated or corrupt: re-run the stage that wrote it") \
+                from None
+        with f:
             if "images" in f and "labels" in f and "graph" in f.attrs:
                 from cdae.dataset import read_dataset
 

@@ -143,3 +143,16 @@ def test_network_sizes_the_networks_cannot_build(params_file: Path, key, value, 
 def test_info_on_a_file_it_cannot_read(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("hello\n")
     assert_one_line_error(run("info", str(tmp_path / "notes.txt")), "notes.txt: not a cdae")
+
+
+def test_info_on_a_truncated_hdf5_file(tmp_path: Path) -> None:
+    import h5py
+    import numpy as np
+
+    whole = tmp_path / "whole.h5"
+    with h5py.File(whole, "w") as f:
+        f.create_dataset("x_T", data=np.zeros((64, 1, 8, 8), np.float32))
+    cut = tmp_path / "cut.h5"
+    cut.write_bytes(whole.read_bytes()[:9000])
+    assert_one_line_error(run("info", str(cut)), "cut.h5: cannot read the HDF5 file",
+                          "truncated or corrupt")
