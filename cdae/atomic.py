@@ -31,9 +31,13 @@ def ensure_writable_dir(path: Path) -> Path:
 def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path in ``target``'s folder; on success rename it to ``target``.
 
-    On any exception the temporary file is removed and ``target`` is left untouched.
+    On any exception the temporary file is removed and ``target`` is left untouched. DataError
+    when ``target`` is a folder (``--out reports/``) or its folder cannot be written.
     """
     target = Path(target)
+    if target.is_dir():
+        raise DataError(f"{target}: is a folder, not a file",
+                        hint="name a file to write, e.g. one inside that folder")
     ensure_writable_dir(target.parent)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     try:

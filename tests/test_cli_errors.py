@@ -156,3 +156,8 @@ def test_info_on_a_truncated_hdf5_file(tmp_path: Path) -> None:
     cut.write_bytes(whole.read_bytes()[:9000])
     assert_one_line_error(run("info", str(cut)), "cut.h5: cannot read the HDF5 file",
                           "truncated or corrupt")
+
+
+def test_out_that_is_a_folder(params_file: Path, tmp_path: Path) -> None:
+    r = run("report", "--params", str(params_file), "--out", str(tmp_path))
+    assert_one_line_error(r, "is a folder, not a file", "name a file")

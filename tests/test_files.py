@@ -168,6 +168,15 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == [target]
 
 
+def test_atomic_path_refuses_a_folder_as_its_target(tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    with pytest.raises(DataError, match="out: is a folder, not a file"):
+        with atomic_path(tmp_path / "out") as tmp:
+            tmp.write_bytes(b"data")
+    assert list(tmp_path.iterdir()) == [tmp_path / "out"]
+    assert not any((tmp_path / "out").iterdir())
+
+
 def test_checkpoint_from_a_newer_cdae_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "new.pt"
     torch.save({"format": "cdae-checkpoint", "schema_version": 99, "params": {}}, path)
