@@ -475,10 +475,27 @@ def info(path: Path = typer.Argument(..., help="dataset/latents/counterfactual .
 
 
 def main() -> None:
-    """Console-script entry point (also `python -m cdae`)."""
+    """Console-script entry point (also `python -m cdae`). A bad flag or option value is told as
+    every user error is: one ``error: ...`` line (naming the command's --help), exit 2."""
+    import importlib
+
+    # click's exceptions, or those of the copy of click that newer typer versions carry
+    clickx = importlib.import_module(typer.BadParameter.__module__)
     try:
-        app()
-    except SystemExit:
-        raise
+        code = app(standalone_mode=False)
+    except getattr(clickx, "NoArgsIsHelpError", ()) as err:  # a bare `cdae`: the help
+        err.show()
+        code = err.exit_code
+    except clickx.UsageError as err:
+        where = err.ctx.command_path if err.ctx is not None else "cdae"
+        typer.echo(f"error: {err.format_message()} (see `{where} --help`)", err=True)
+        code = err.exit_code
+    except clickx.ClickException as err:
+        typer.echo(f"error: {err.format_message()}", err=True)
+        code = err.exit_code
+    except typer.Abort:
+        typer.echo("Aborted!", err=True)
+        code = 1
     finally:
         sys.stdout.flush()
+    sys.exit(code if isinstance(code, int) else 0)

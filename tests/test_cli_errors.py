@@ -161,3 +161,38 @@ def test_info_on_a_truncated_hdf5_file(tmp_path: Path) -> None:
 def test_out_that_is_a_folder(params_file: Path, tmp_path: Path) -> None:
     r = run("report", "--params", str(params_file), "--out", str(tmp_path))
     assert_one_line_error(r, "is a folder, not a file", "name a file")
+
+
+def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """The console-script entry point itself (CliRunner bypasses its handling of click errors)."""
+    from cdae.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["cdae", *args])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    out = capsys.readouterr()
+    return exit_.value.code, out.out, out.err
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["train", "--steps", "abc"], "Invalid value for '--steps'"),
+    (["train", "--stepz", "3"], "No such option: --stepz"),
+    (["intervene", "--abduction", "foo"], "Invalid value for '--abduction'"),
+    (["merge", "out.h5"], "Missing argument"),
+    (["trian"], "No such command 'trian'"),
+])
+def test_bad_flags_are_one_line_errors(monkeypatch, capsys, args, fragment) -> None:
+    code, _, err = run_main(monkeypatch, capsys, *args)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert lines[0].startswith("error: ") and fragment in lines[0] and "--help`" in lines[0]
+
+
+def test_entry_point_exit_codes(monkeypatch, capsys, tmp_path: Path) -> None:
+    code, out, _ = run_main(monkeypatch, capsys, "--version")
+    assert code == 0 and out.startswith("cdae ")
+    assert run_main(monkeypatch, capsys, "train", "--help")[0] == 0
+    code, _, err = run_main(monkeypatch, capsys, "info", str(tmp_path / "missing.pt"))
+    assert code == 2 and err.strip().startswith("error: ")
+    code, _, err = run_main(monkeypatch, capsys)
+    assert code == 2 and err.startswith("Usage:")  # a bare `cdae`: the help
