@@ -63,7 +63,7 @@ def describe(path: str | Path) -> dict[str, object]:
             if kind == "counterfactuals":
                 from stages.intervene import FileKind, file_kind, skipped_reason
 
-                if file_kind(f.attrs) is FileKind.SWEEP:
+                if file_kind(f.attrs, p) is FileKind.SWEEP:
                     kind = "sweep"
                 if "index" in f:
                     extra["images"] = int(f["index"].shape[0])

@@ -84,8 +84,9 @@ def roles(graph: CausalGraph, set_vars: Iterable[str]) -> dict[str, Role]:
             else Role.UNCHANGED for n in graph.names}
 
 
-def file_kind(attrs: Any) -> FileKind:
-    """Kind of an intervene output from its HDF5 attrs (no ``kind`` attr: an intervention)."""
+def file_kind(attrs: Any, path: str | Path) -> FileKind:
+    """Kind of the intervene output ``path`` from its HDF5 attrs (no ``kind`` attr: an
+    intervention); DataError naming ``path`` for an unknown kind."""
     raw = attrs.get("kind", FileKind.INTERVENTION.value)
     text = raw.decode() if isinstance(raw, bytes) else str(raw)
     try:
@@ -93,7 +94,7 @@ def file_kind(attrs: Any) -> FileKind:
     except ValueError:
         from cdae.errors import DataError
 
-        raise DataError(f"unknown counterfactual file kind '{text}'",
+        raise DataError(f"{path}: unknown counterfactual file kind '{text}'",
                         hint="re-run `cdae intervene`") from None
 
 

@@ -196,7 +196,7 @@ def _traversal(path: Path, rows: int, graph: Any) -> tuple[str, Image.Image]:
 
     try:
         with h5py.File(path, "r") as f:
-            if file_kind(f.attrs) is not FileKind.SWEEP:
+            if file_kind(f.attrs, path) is not FileKind.SWEEP:
                 raise DataError(f"{path}: not a sweep file",
                                 hint="make one with `cdae intervene --var VAR --values 1:4:7`")
             ann = _annotation(f.attrs, graph)
@@ -232,7 +232,7 @@ def run(params: cfg.Params, *, rows: int | None = None,
     for path in found:
         try:
             with h5py.File(path, "r") as f:
-                kind = file_kind(f.attrs)
+                kind = file_kind(f.attrs, path)
                 rows_held = f["index"].shape[0]
                 why = skipped_reason(f.attrs)
         except (OSError, KeyError) as err:

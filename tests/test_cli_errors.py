@@ -196,3 +196,14 @@ def test_entry_point_exit_codes(monkeypatch, capsys, tmp_path: Path) -> None:
     assert code == 2 and err.strip().startswith("error: ")
     code, _, err = run_main(monkeypatch, capsys)
     assert code == 2 and err.startswith("Usage:")  # a bare `cdae`: the help
+
+
+def test_unknown_counterfactual_kind_names_the_file(tmp_path: Path) -> None:
+    import h5py
+    import numpy as np
+
+    with h5py.File(tmp_path / "odd.h5", "w") as f:
+        f.create_dataset("counterfactual", data=np.zeros((1, 1, 8, 8), np.uint8))
+        f.attrs["kind"] = "weird"
+    assert_one_line_error(run("info", str(tmp_path / "odd.h5")),
+                          "odd.h5: unknown counterfactual file kind 'weird'")
