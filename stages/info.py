@@ -74,8 +74,12 @@ def describe(path: str | Path) -> dict[str, object]:
                     "datasets": {k: [list(f[k].shape), str(f[k].dtype)] for k in f},
                     "attrs": {k: (v.item() if hasattr(v, "item") else str(v))
                               for k, v in f.attrs.items()}}
-    from cdae.checkpoint import load_checkpoint
+    from cdae.checkpoint import ZIP_MAGIC, load_checkpoint
 
+    if not magic.startswith(ZIP_MAGIC):
+        raise DataError(f"{p}: neither an HDF5 file nor a torch.save archive",
+                        hint="cdae info reads dataset, latents and counterfactual files (.h5) "
+                             "and checkpoints (.pt)")
     ck = load_checkpoint(p)
     graph = CausalGraph.from_json(ck["graph"])
     n_params = sum(int(np.prod(v.shape)) for v in ck["ema"].values()

@@ -142,7 +142,9 @@ def test_network_sizes_the_networks_cannot_build(params_file: Path, key, value, 
 
 def test_info_on_a_file_it_cannot_read(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("hello\n")
-    assert_one_line_error(run("info", str(tmp_path / "notes.txt")), "notes.txt: not a cdae")
+    assert_one_line_error(run("info", str(tmp_path / "notes.txt")),
+                          "notes.txt: neither an HDF5 file nor a torch.save archive",
+                          "cdae info reads dataset, latents and counterfactual files")
 
 
 def test_info_on_a_truncated_hdf5_file(tmp_path: Path) -> None:
