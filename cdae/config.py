@@ -503,6 +503,12 @@ def resolve(raw: Mapping[str, Any], profile: str | None = None) -> Params:
     if any(m <= 0 for m in params.model.channel_mult):
         raise ConfigError(f"model.channel_mult: {list(params.model.channel_mult)}: every "
                           "multiplier must be > 0", hint="e.g. [1, 2, 2]")
+    factors = [2 ** k for k in range(len(params.model.channel_mult))]
+    if any(a not in factors for a in params.model.attention_resolutions):
+        raise ConfigError(f"model.attention_resolutions: {list(params.model.attention_resolutions)}"
+                          f": every entry must be a downsampling factor of the UNet, one of "
+                          f"{factors} (model.channel_mult has {len(factors)} levels)",
+                          hint="e.g. [2] for attention at half the image size, [] for none")
     ep = params.evaluate
     if any(s <= 0 for s in ep.sweep_steps):
         raise ConfigError(f"evaluate.sweep_steps: {list(ep.sweep_steps)}: every step count must "

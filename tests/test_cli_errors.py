@@ -132,6 +132,9 @@ def test_params_file_that_is_not_text(tmp_path: Path) -> None:
     ("unet_channels", 12, "model.unet_channels: 12 must be a positive multiple of 8"),
     ("encoder_channels", 5, "model.encoder_channels: 5 must be a positive multiple of 8"),
     ("channel_mult", [2, -1], "model.channel_mult: [2, -1]: every multiplier must be > 0"),
+    ("attention_resolutions", [3], "model.attention_resolutions: [3]: every entry must be a "
+                                   "downsampling factor of the UNet, one of [1, 2, 4]"),
+    ("attention_resolutions", [8], "one of [1, 2, 4] (model.channel_mult has 3 levels)"),
 ])
 def test_network_sizes_the_networks_cannot_build(params_file: Path, key, value, fragment) -> None:
     raw = yaml.safe_load(params_file.read_text())
