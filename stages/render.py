@@ -292,6 +292,8 @@ def _grid_columns(files: list[Path], rows: int,
     if not shown:
         raise DataError(f"{files[0]} and the other files in {files[0].parent} hold no image in "
                         "common", hint="re-run the intervene stages with the same split")
+    from stages.intervene import default_name
+
     columns: list[Column] = []
     anns: list[Annotation] = []
     for path, index in zip(files, indices):
@@ -304,7 +306,8 @@ def _grid_columns(files: list[Path], rows: int,
                 if not columns:
                     columns.append(Column(["factual"], f["factual"][()][pick],
                                           f["parents_factual"][()][pick]))
-                columns.append(Column([path.stem] + _do_title(do),
+                named = [] if path.stem == default_name(do) else [path.stem]  # not twice
+                columns.append(Column(named + _do_title(do),
                                       f["counterfactual"][()][pick], f["parents_cf"][()][pick],
                                       set(do)))
         except (OSError, KeyError) as err:

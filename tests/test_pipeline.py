@@ -398,6 +398,20 @@ def test_render_draws_traversal_strips(project: Path, sweep: dict) -> None:
     assert again["sweeps"] == ["data/sweep_lin.h5"]
 
 
+def test_grid_titles_name_a_file_once(project: Path, tmp_path: Path) -> None:
+    """A named intervention's column shows its name over do(...); a file with intervene's
+    default name (`do_thickness=2`) shows do(...) alone, not the same words twice."""
+    from cdae import config as cfg
+    from stages.render import _grid_columns
+
+    named = project / "data/counterfactuals/thickness_2.h5"
+    plain = tmp_path / "do_thickness=2.h5"
+    shutil.copy(named, plain)
+    columns, _ = _grid_columns([named, plain], 2, cfg.load(project / "params.yaml").graph)
+    assert [c.title for c in columns] == [["factual"], ["thickness_2", "do(thickness=2)"],
+                                          ["do(thickness=2)"]]
+
+
 class _Images(HTMLParser):
     def __init__(self) -> None:
         super().__init__()
