@@ -25,11 +25,14 @@ if TYPE_CHECKING:
 
 
 def _idx_files(folder: Path, prefix: str) -> tuple[Path, Path]:
-    for suffix in (".gz", ""):
-        imgs = folder / f"{prefix}-images-idx3-ubyte{suffix}"
-        labs = folder / f"{prefix}-labels-idx1-ubyte{suffix}"
-        if imgs.is_file() and labs.is_file():
-            return imgs, labs
+    """A split's images and labels files, each .gz or raw on its own."""
+    def first(name: str) -> Path | None:
+        return next((p for p in (folder / f"{name}.gz", folder / name) if p.is_file()), None)
+
+    imgs = first(f"{prefix}-images-idx3-ubyte")
+    labs = first(f"{prefix}-labels-idx1-ubyte")
+    if imgs is not None and labs is not None:
+        return imgs, labs
     raise DataError(f"{folder}: no {prefix}-images-idx3-ubyte(.gz) with "
                     f"{prefix}-labels-idx1-ubyte(.gz)", hint="set data.idx_dir to the MNIST folder")
 

@@ -203,3 +203,20 @@ def test_real_morpho_csv():
     assert d["index"].tolist() == list(range(10000))
     assert 0.5 < d["thickness"].min() and d["thickness"].max() < 8
     assert 64 <= d["intensity"].min() and d["intensity"].max() <= 255
+
+
+def test_idx_source_takes_each_file_gz_or_raw(tmp_path, digits):
+    """source idx: each of a split's two files may be .gz or raw on its own (train images
+    gzipped beside raw labels, as a partly unpacked MNIST folder holds them)."""
+    from stages.prepare_data import _idx_files
+
+    images, labels = digits
+    with gzip.open(tmp_path / "train-images-idx3-ubyte.gz", "wb") as fh:
+        fh.write(_idx_bytes(images))
+    (tmp_path / "train-labels-idx1-ubyte").write_bytes(_idx_bytes(labels))
+    ip, lp = _idx_files(tmp_path, "train")
+    assert (ip.name, lp.name) == ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte")
+    x, y = mnist.load_idx_pair(ip, lp)
+    assert np.array_equal(x, images) and np.array_equal(y, labels)
+    with pytest.raises(DataError, match="no t10k-images-idx3-ubyte"):
+        _idx_files(tmp_path, "t10k")
