@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import re
+import shutil
+import subprocess
 import typing
 from functools import lru_cache
 from pathlib import Path
@@ -393,3 +396,31 @@ def test_scan_sees_reads_through_calls_and_aliases() -> None:
     assert not any(r.startswith(("model", "train")) for r in reads), reads
     assert "intervene.guidance" in reads_of("stages.intervene", ("run",))
     assert "model.latent_dim" in reads_of("stages.train", ("run",))
+
+
+def _outputs(body: dict) -> list[tuple[str, dict]]:
+    """(path, options) of every out, metric and plot a stage declares."""
+    out = []
+    for kind in ("outs", "metrics", "plots"):
+        for item in body.get(kind, []):
+            path, opts = next(iter(item.items())) if isinstance(item, dict) else (item, {})
+            out.append((str(path), opts or {}))
+    return out
+
+
+@pytest.mark.skipif(shutil.which("git") is None or not (ROOT / ".git").exists(),
+                    reason="needs the git checkout")
+@pytest.mark.parametrize("name", list(STAGES))
+def test_outputs_live_in_the_dvc_cache_not_in_git(name: str) -> None:
+    """Stage outputs never go into git (.gitignore), so each must be in DVC's cache: an output
+    that is both git-ignored and `cache: false` is lost to every other revision (`dvc exp show`
+    printed `!` for every experiment's metrics)."""
+    paths = yaml.safe_load((ROOT / "params.yaml").read_text())["paths"]
+    key = "${key}"  # a foreach stage's outputs: one of its keys
+    for path, opts in _outputs(STAGES[name]):
+        resolved = re.sub(r"\$\{paths\.(\w+)\}", lambda m: str(paths[m.group(1)]), path)
+        resolved = resolved.replace(key, "example")
+        ignored = subprocess.run(["git", "check-ignore", "-q", "--no-index", resolved],
+                                 cwd=ROOT).returncode == 0
+        assert ignored, f"{name}: output {resolved} is not git-ignored (outputs never go in git)"
+        assert opts.get("cache", True), f"{name}: output {resolved} is git-ignored and not cached"
