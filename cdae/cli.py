@@ -20,6 +20,8 @@ from cdae import __version__
 from cdae.config import Abduction, Device, GuidanceMode, ParentsFrom, Solver, Spacing
 from cdae.errors import CdaeError
 
+OUT_HELP = "output HDF5 file (with --shard I/N, each shard writes OUT.shard-I-of-N.h5 beside it)"
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Causal Diffusion Autoencoders: train on a causal graph, then ask "
                        "counterfactual questions such as `cdae intervene --var thickness "
@@ -149,7 +151,9 @@ def train(params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt,
 
     _emit(_run(go), as_json, lambda r: f"data-parallel worker done at step {r['steps']}"
           if r.get("rank") == "worker" else f"trained {r['steps']} steps in {r['seconds']} s "
-          f"({r['images_per_second']} images/s), final loss {r['final_loss']:.4f}")
+          f"({r['images_per_second']} images/s)" + (
+              f", final loss {r['final_loss']:.4f}" if r["final_loss"] == r["final_loss"]
+              else ", no loss logged yet (train.log_every)"))
 
 
 @app.command("encode-latents")
@@ -159,7 +163,7 @@ def encode_latents(params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt
                    solver: Optional[Solver] = SolverOpt,
                    spacing: Optional[Spacing] = SpacingOpt,
                    device: Optional[Device] = DeviceOpt,
-                   out: Optional[Path] = typer.Option(None, help="output HDF5 file"),
+                   out: Optional[Path] = typer.Option(None, help=OUT_HELP),
                    shard: Optional[str] = ShardOpt,
                    as_json: bool = JsonOpt) -> None:
     """Cache u, z and the DDIM-inverted x_T of a split in HDF5 (reused by intervene).
@@ -266,7 +270,7 @@ def intervene(params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt,
               abduction: Optional[Abduction] = typer.Option(None, help="invert, partial or noise"),
               parents_from: Optional[ParentsFrom] = typer.Option(None, help="labels or image"),
               max_images: Optional[int] = typer.Option(None, help="images of the split, 0 = all"),
-              out: Optional[Path] = typer.Option(None, help="output HDF5 file"),
+              out: Optional[Path] = typer.Option(None, help=OUT_HELP),
               strict: bool = typer.Option(False, help="refuse values outside the training "
                                           "support instead of warning"),
               shard: Optional[str] = ShardOpt,

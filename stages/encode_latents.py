@@ -62,8 +62,8 @@ def run(params: cfg.Params, *, split: str | None = None, steps: int | None = Non
     """Write u, z, parents and x_T of the selected images of a split to the latents file.
 
     ``shard`` "i/n" (or the torchrun rank) processes one contiguous run of whole batches and
-    writes ``<latents>.shard-i-of-n.h5`` (or ``out``); ``cdae merge`` joins the shards into the
-    file the unsharded run writes."""
+    writes ``<latents>.shard-i-of-n.h5`` (``<out>.shard-i-of-n.h5`` with ``out``); ``cdae
+    merge`` joins the shards into the file the unsharded run writes."""
     import h5py
     import torch
 
@@ -83,7 +83,7 @@ def run(params: cfg.Params, *, split: str | None = None, steps: int | None = Non
         rows_sel = part.rows(idx_all.size, ep.batch_size)
         idx = idx_all[rows_sel]
         k, d = len(engine.graph.names), engine.model.d
-        target = Path(out) if out else part.path(Path(params.paths.latents))
+        target = part.path(Path(out) if out else Path(params.paths.latents))
         c, h, w = ds.image_shape
         use_labels = ip.parents_from is cfg.ParentsFrom.LABELS
         abduction = cached_abduction(ip.abduction)

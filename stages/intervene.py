@@ -411,8 +411,8 @@ def run(params: cfg.Params, do: dict[str, float], *, name: str | None = None,
                       max_images=max_images, guidance_mode=guidance_mode)
     with s.files:  # the dataset (and latents) file, read batch by batch
         engine, ds, ip, rows = s.engine, s.ds, s.ip, s.rows
-        target = (Path(out) if out
-                  else s.shard.path(output_path(params.paths.counterfactuals_dir, name)))
+        target = s.shard.path(Path(out) if out
+                              else output_path(params.paths.counterfactuals_dir, name))
         c, h, w = ds.image_shape
         k = len(engine.graph.names)
         with atomic_path(target) as tmp, h5py.File(tmp, "w") as f, \
@@ -499,8 +499,8 @@ def run_sweep(params: cfg.Params, var: str, values: list[float], *, name: str | 
                       guidance_mode=guidance_mode)
     with s.files:  # the dataset (and latents) file, read batch by batch
         engine, ds, ip, rows = s.engine, s.ds, s.ip, s.rows
-        target = (Path(out) if out
-                  else s.shard.path(output_path(params.paths.counterfactuals_dir, name)))
+        target = s.shard.path(Path(out) if out
+                              else output_path(params.paths.counterfactuals_dir, name))
         n_val = len(dos)
         c, h, w = ds.image_shape
         k = len(engine.graph.names)

@@ -464,6 +464,9 @@ def test_report_renders_in_chromium(project: Path) -> None:
     assert "broken=0" in out and "check_report: OK" in out
 
 
+SHARD0, SHARD1 = "s.shard-0-of-2.h5", "s.shard-1-of-2.h5"
+
+
 def run_whole_and_sharded(project: Path, tmp_path: Path, section: str,
                           settings: dict[str, int], command: list[str]) -> None:
     """Run ``command`` unsharded and as shards 0/2 and 1/2 (with the tiny profile's ``section``
@@ -473,13 +476,15 @@ def run_whole_and_sharded(project: Path, tmp_path: Path, section: str,
     raw["profiles"]["tiny"][section].update(settings)
     small = tmp_path / "small_batches.yaml"
     small.write_text(yaml.safe_dump(raw))
+    # the shards of an array job share one --out: each writes OUT.shard-I-of-N.h5 beside it
     for args in (["--out", str(tmp_path / "whole.h5")],
-                 ["--shard", "0/2", "--out", str(tmp_path / "s0.h5")],
-                 ["--shard", "1/2", "--out", str(tmp_path / "s1.h5")]):
+                 ["--shard", "0/2", "--out", str(tmp_path / "s.h5")],
+                 ["--shard", "1/2", "--out", str(tmp_path / "s.h5")]):
         r = run_cli(project, command[0], "--params", str(small), *command[1:], *args)
         assert r.returncode == 0, r.stderr
-    r = run_cli(project, "merge", str(tmp_path / "merged.h5"), str(tmp_path / "s1.h5"),
-                str(tmp_path / "s0.h5"))
+    assert not (tmp_path / "s.h5").exists()
+    r = run_cli(project, "merge", str(tmp_path / "merged.h5"), str(tmp_path / SHARD1),
+                str(tmp_path / SHARD0))
     assert r.returncode == 0, r.stderr
     with h5py.File(tmp_path / "whole.h5") as a, h5py.File(tmp_path / "merged.h5") as b:
         assert sorted(a) == sorted(b)
@@ -491,9 +496,9 @@ def run_whole_and_sharded(project: Path, tmp_path: Path, section: str,
 def test_sharded_encode_merges_to_the_unsharded_file(project: Path, tmp_path: Path) -> None:
     # 20 images in batches of 8, 8, 4: shard 0 takes one batch, shard 1 two
     run_whole_and_sharded(project, tmp_path, "encode", {"batch_size": 8}, ["encode-latents"])
-    with h5py.File(tmp_path / "s0.h5") as s0:
+    with h5py.File(tmp_path / SHARD0) as s0:
         assert s0["u"].shape[0] == 8
-    r = run_cli(project, "merge", str(tmp_path / "m2.h5"), str(tmp_path / "s0.h5"))
+    r = run_cli(project, "merge", str(tmp_path / "m2.h5"), str(tmp_path / SHARD0))
     assert r.returncode == 2 and "not one complete set of 2" in r.stderr
 
 
