@@ -199,6 +199,23 @@ class CausalLayer(nn.Module):
             z[k] = loc.unsqueeze(-1) + torch.exp(log_scale).unsqueeze(-1) * u[:, k]
         return torch.stack(z, 1)  # type: ignore[arg-type]
 
+    def complete(self, u: torch.Tensor, z_known: torch.Tensor,
+                 known: torch.Tensor) -> torch.Tensor:
+        """Factual latents from partly known blocks: z (B, K, d) with z_k = z_known_k where
+        ``known`` (B, K) bool, else the structural equation with the exogenous ``u_k`` and the
+        parents' FINAL z, in topological order. A known block is kept exactly, even when an
+        unknown block lies between it and a known ancestor (a -> b -> c, b unknown)."""
+        z: list[torch.Tensor | None] = [None] * u.shape[1]
+        for k in self.order:
+            if self.parents[k]:
+                stacked = torch.stack([z[j] for j in self.parents[k]], 1)  # type: ignore[misc]
+                loc, log_scale = self.mechanisms[self.names[k]](stacked.flatten(1))
+                free = loc.unsqueeze(-1) + torch.exp(log_scale).unsqueeze(-1) * u[:, k]
+            else:
+                free = u[:, k]
+            z[k] = torch.where(known[:, k].unsqueeze(-1), z_known[:, k], free)
+        return torch.stack(z, 1)  # type: ignore[arg-type]
+
     def abduct_noise(self, z: torch.Tensor) -> torch.Tensor:
         """Exact inverse of causal_layer: z (B, K, d) -> u (B, K, d)."""
         u = z.clone()

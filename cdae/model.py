@@ -147,12 +147,8 @@ class CausalDiffAE(nn.Module):
         if y is not None:
             present = torch.isfinite(y)
             from_labels = present
-            mu = self.prior_mean(y)
-            z = torch.where(present.unsqueeze(-1), mu, z)
-            # recompute unlabelled descendants of labelled variables through the mechanisms,
-            # keeping the encoder's u for them
-            u_tmp = self.causal.abduct_noise(z)
-            u_tmp = torch.where(present.unsqueeze(-1), u_tmp, u_enc)
-            z = self.causal.causal_layer(u_tmp)
+            # labelled blocks are their label's prior mean, exactly; unlabelled ones follow
+            # their mechanisms from the final parents with the encoder's u
+            z = self.causal.complete(u_enc, self.prior_mean(y), present)
         u = self.causal.abduct_noise(z)
         return Abducted(u=u, z=z, style=style, from_labels=from_labels)

@@ -178,3 +178,30 @@ def test_mechanism_likelihood_ignores_unlabelled_rows_even_nan() -> None:
         torch.testing.assert_close(loss, alone, rtol=1e-5, atol=1e-6)
     none = layer.mechanism_nll(noisy, torch.zeros_like(mask), reference)
     assert none.item() == 0.0  # no labelled pair: nothing, not even the penalty
+
+
+def test_label_abduction_keeps_every_labelled_block_with_an_unlabelled_middle() -> None:
+    """METHOD.md abduction from labels: a labelled variable's z is its label's prior mean even
+    when an unlabelled variable sits between it and a labelled ancestor (a -> b -> c with b
+    unknown); unlabelled blocks keep the encoder's u and follow their mechanisms."""
+    from cdae.config import ModelParams
+    from cdae.model import CausalDiffAE
+
+    torch.manual_seed(0)
+    params = ModelParams(latent_dim=4, encoder_channels=8, unet_channels=8, channel_mult=(1,),
+                         mechanism_hidden=8)
+    model = CausalDiffAE(CHAIN, params, (1, 16, 16), torch.zeros(5), torch.ones(5)).eval()
+    for mech in model.causal.mechanisms.values():
+        torch.nn.init.normal_(mech.net[-1].weight, std=2.0)
+    x = torch.rand(3, 1, 16, 16) * 2 - 1
+    nan = float("nan")
+    y = torch.tensor([[0.3, nan, -0.7, 1.2, 2.0],
+                      [0.3, 0.5, nan, nan, 1.0],
+                      [nan, nan, 0.4, 0.1, 0.0]])
+    ab = model.abduct(x, y)
+    mu = model.prior_mean(torch.nan_to_num(y))
+    present = torch.isfinite(y)
+    assert torch.equal(ab.z[present], mu[present])
+    u_enc, _ = model.split_latent(model.encode(x)[0])
+    torch.testing.assert_close(ab.u[~present], u_enc[~present], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model.causal.causal_layer(ab.u), ab.z, atol=1e-5, rtol=1e-5)
