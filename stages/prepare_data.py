@@ -103,9 +103,18 @@ def _label_mask(dp: cfg.DataParams, rng: np.random.Generator, labels: np.ndarray
     return mask
 
 
+def _masked_stats(labels: np.ndarray, mask: np.ndarray, split: np.ndarray,
+                  graph) -> tuple[np.ndarray, np.ndarray]:
+    """Normalisation stats of the train labels training may use (``mask``): a label dropped by
+    ``data.labeled_fraction`` is missing for training, its value included."""
+    from cdae.dataset import normalisation_stats
+
+    return normalisation_stats(np.where(mask, labels, np.nan), split, graph)
+
+
 def _generated(params: cfg.Params, rng: np.random.Generator) -> Dataset:
     """Base digits or scenes through the true SCM (data.scm); ground truth stored."""
-    from cdae.dataset import Dataset, normalisation_stats
+    from cdae.dataset import Dataset
     from cdae.generators import make_generator
 
     dp = params.data
@@ -146,7 +155,7 @@ def _generated(params: cfg.Params, rng: np.random.Generator) -> Dataset:
         label_arr[:, j] = labels.pop(name)
     del labels
     mask = _label_mask(dp, rng, label_arr, split)
-    mean, std = normalisation_stats(label_arr, split, params.graph)
+    mean, std = _masked_stats(label_arr, mask, split, params.graph)
     return Dataset(images=images, labels=label_arr, label_mask=mask, split=split,
                    graph=params.graph, label_mean=mean, label_std=std, noise=noise,
                    noise_names=gen.noise_names,
@@ -160,7 +169,7 @@ def _imported(params: cfg.Params, rng: np.random.Generator) -> Dataset:
     """Ready-made labelled images (cdae.importers); no noise, no base images, no ground truth.
     The SCM is stored where the source's labels follow a known one (its equations and
     measurements still serve evaluate), else left empty."""
-    from cdae.dataset import Dataset, normalisation_stats
+    from cdae.dataset import Dataset
     from cdae.generators import make_generator
     from cdae.importers import IMPORTED_SCM, import_data
 
@@ -192,7 +201,7 @@ def _imported(params: cfg.Params, rng: np.random.Generator) -> Dataset:
              dp.source.value, int((split == 0).sum()), int((split == 1).sum()),
              int((~np.isfinite(labels)).sum()), scm.value if scm is not None else "unknown")
     mask = _label_mask(dp, rng, labels, split)
-    mean, std = normalisation_stats(labels, split, params.graph)
+    mean, std = _masked_stats(labels, mask, split, params.graph)
     return Dataset(images=images, labels=labels, label_mask=mask, split=split,
                    graph=params.graph, label_mean=mean, label_std=std,
                    scm=scm.value if scm is not None else "", source=dp.source.value,

@@ -193,3 +193,27 @@ def test_image_size_mismatch_says_what_differs(tmp_path: Path) -> None:
     check_compatible(engine, GRAPH, "d.h5", tmp_path / "m.pt", (1, 28, 28))
     with pytest.raises(DataError, match=r"expects images \(1, 28, 28\), d.h5 holds \(3, 32, 32\)"):
         check_compatible(engine, GRAPH, "d.h5", tmp_path / "m.pt", (3, 32, 32))
+
+
+def test_labeled_fraction_mask_is_fixed_and_normalisation_ignores_dropped_labels() -> None:
+    """Semi-supervision (METHOD.md): the label mask drops a fixed share of TRAIN labels only,
+    and the stored normalisation stats use only the labels training may see."""
+    from cdae import config as cfg
+    from stages.prepare_data import _label_mask, _masked_stats
+
+    graph = CausalGraph.from_dict({"variables": [{"name": "a"}, {"name": "b"}],
+                                   "edges": [["a", "b"]]})
+    rng = np.random.default_rng(0)
+    labels = rng.normal(size=(400, 2))
+    labels[:200, 0] += 10.0  # the first half is far off: dropping it must move the mean
+    split = np.zeros(400, np.uint8)
+    split[::4] = 1
+    dp = cfg.DataParams(labeled_fraction=0.5)
+    mask = _label_mask(dp, np.random.default_rng(1), labels, split)
+    assert np.array_equal(mask, _label_mask(dp, np.random.default_rng(1), labels, split))
+    assert mask[split == 1].all()  # test labels are kept for evaluation
+    assert 0.4 < mask[split == 0].mean() < 0.6
+    mean, std = _masked_stats(labels, mask, split, graph)
+    kept = labels[(split == 0) & mask[:, 0], 0]
+    assert mean[0] == pytest.approx(kept.mean()) and std[0] == pytest.approx(kept.std())
+    assert mean[0] != pytest.approx(normalisation_stats(labels, split, graph)[0][0])
