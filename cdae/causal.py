@@ -21,6 +21,7 @@ embedding e_i[y] (B, d).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -108,8 +109,10 @@ class CausalLayer(nn.Module):
     """Prior means, mechanisms and the recursive structural equations over latent blocks."""
 
     def __init__(self, graph: CausalGraph, latent_dim: int, *, hidden: int = 64,
-                 mechanism: MechanismKind = MechanismKind.ADDITIVE, monotone_prior: bool = True,
-                 knots: int = 16) -> None:
+                 mechanism: MechanismKind = MechanismKind.ADDITIVE,
+                 mechanisms: Mapping[str, MechanismKind] | None = None,
+                 monotone_prior: bool = True, knots: int = 16) -> None:
+        """``mechanism``: the kind of every f_i; ``mechanisms``: per-variable kinds over it."""
         super().__init__()
         self.graph = graph
         self.d = latent_dim
@@ -123,7 +126,8 @@ class CausalLayer(nn.Module):
         for v in graph.variables:
             pa = graph.parents(v.name)
             if pa:
-                self.mechanisms[v.name] = Mechanism(len(pa) * latent_dim, hidden, mechanism)
+                kind = (mechanisms or {}).get(v.name, mechanism)
+                self.mechanisms[v.name] = Mechanism(len(pa) * latent_dim, hidden, kind)
             if v.is_categorical:
                 emb = nn.Embedding(v.classes, latent_dim)
                 nn.init.normal_(emb.weight, std=1.0)

@@ -247,6 +247,8 @@ class ModelParams:
     dropout: float = field(default=0.0, metadata=FRACTION)
     prior_sigma: float = field(default=0.1, metadata=POSITIVE)
     mechanism: MechanismKind = MechanismKind.ADDITIVE
+    # per-variable kinds (variable -> kind) over ``mechanism``; keys: variables with parents
+    mechanisms: Mapping[str, MechanismKind] = field(default_factory=dict)
     mechanism_hidden: int = field(default=64, metadata=POSITIVE)
     monotone_prior: bool = True  # continuous prior mean mu_i(y) is a learned monotone map
     monotone_knots: int = field(default=16, metadata=POSITIVE)
@@ -456,8 +458,9 @@ def _build(cls: type, raw: Any, key: str) -> Any:
 
 
 #: keys whose profile value replaces the base value whole instead of being merged into it: a
-#: graph and a set of interventions are units (merging two graphs' edges makes no sense)
-_REPLACED_WHOLE = frozenset({"graph", "interventions"})
+#: graph, a set of interventions and the per-variable mechanism kinds (named after one graph's
+#: variables) are units (merging two graphs' edges makes no sense)
+_REPLACED_WHOLE = frozenset({"graph", "interventions", "mechanisms"})
 
 
 def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -503,6 +506,13 @@ def resolve(raw: Mapping[str, Any], profile: str | None = None) -> Params:
     if any(m <= 0 for m in params.model.channel_mult):
         raise ConfigError(f"model.channel_mult: {list(params.model.channel_mult)}: every "
                           "multiplier must be > 0", hint="e.g. [1, 2, 2]")
+    for name in params.model.mechanisms:
+        if name not in params.graph.names or not params.graph.parents(name):
+            roots = "a root variable, which has no mechanism" if name in params.graph.names \
+                else "not a variable of the graph"
+            with_parents = [n for n in params.graph.names if params.graph.parents(n)]
+            raise ConfigError(f"model.mechanisms.{name}: {roots}",
+                              hint=f"name variables with parents: {', '.join(with_parents)}")
     factors = [2 ** k for k in range(len(params.model.channel_mult))]
     if any(a not in factors for a in params.model.attention_resolutions):
         raise ConfigError(f"model.attention_resolutions: {list(params.model.attention_resolutions)}"

@@ -53,6 +53,7 @@ class CausalDiffAE(nn.Module):
                                num_down=3, out_dim=2 * (self.k * self.d + self.style_dim))
         self.causal = CausalLayer(graph, self.d, hidden=params.mechanism_hidden,
                                   mechanism=params.mechanism,
+                                  mechanisms=params.mechanisms,
                                   monotone_prior=params.monotone_prior,
                                   knots=params.monotone_knots)
         self.cond_dim = self.k * self.d + self.style_dim

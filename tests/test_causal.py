@@ -205,3 +205,20 @@ def test_label_abduction_keeps_every_labelled_block_with_an_unlabelled_middle() 
     u_enc, _ = model.split_latent(model.encode(x)[0])
     torch.testing.assert_close(ab.u[~present], u_enc[~present], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(model.causal.causal_layer(ab.u), ab.z, atol=1e-5, rtol=1e-5)
+
+
+def test_mechanism_kind_per_variable() -> None:
+    """`mechanisms` sets one variable's kind over the shared one: c's f_c is location-scale
+    (a scale that depends on its parents), b's stays additive, and abduction stays exact."""
+    from cdae.config import MechanismKind
+
+    torch.manual_seed(0)
+    layer = CausalLayer(CHAIN, latent_dim=4, hidden=8,
+                        mechanisms={"c": MechanismKind.LOCATION_SCALE})
+    kinds = {name: m.kind for name, m in layer.mechanisms.items()}
+    assert kinds == {"b": MechanismKind.ADDITIVE, "c": MechanismKind.LOCATION_SCALE}
+    z_pa = torch.randn(6, 8)
+    assert layer.mechanisms["c"](z_pa)[1].abs().sum() > 0  # a learned log-scale
+    assert torch.equal(layer.mechanisms["b"](z_pa[:, :4])[1], torch.zeros(6))
+    u = torch.randn(5, 5, 4)
+    torch.testing.assert_close(layer.abduct_noise(layer.causal_layer(u)), u, atol=1e-5, rtol=1e-5)

@@ -135,6 +135,10 @@ def test_params_file_that_is_not_text(tmp_path: Path) -> None:
     ("attention_resolutions", [3], "model.attention_resolutions: [3]: every entry must be a "
                                    "downsampling factor of the UNet, one of [1, 2, 4]"),
     ("attention_resolutions", [8], "one of [1, 2, 4] (model.channel_mult has 3 levels)"),
+    ("mechanisms", {"thickness": "location_scale"}, "model.mechanisms.thickness: a root "
+                                                    "variable, which has no mechanism"),
+    ("mechanisms", {"colour": "additive"}, "model.mechanisms.colour: not a variable of the graph"),
+    ("mechanisms", {"intensity": "spline"}, "model.mechanisms.intensity"),
 ])
 def test_network_sizes_the_networks_cannot_build(params_file: Path, key, value, fragment) -> None:
     raw = yaml.safe_load(params_file.read_text())
