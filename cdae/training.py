@@ -454,7 +454,9 @@ def train(params: cfg.Params, dataset: Dataset, out_dir: Path, *,
         elif main:
             log.info("starting afresh: %s was written for other settings", source)
 
-    quantiles = label_quantiles(dataset.labels[train_idx], params.graph)
+    # the support of the labels training sees (data.labeled_fraction's mask applied)
+    quantiles = label_quantiles(np.where(mask_np, dataset.labels[train_idx], np.nan),
+                                params.graph)
 
     def payload(step: int) -> dict[str, Any]:
         raw = model.state_dict()

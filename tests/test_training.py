@@ -169,6 +169,22 @@ def test_empty_train_split(params, dataset, tmp_path: Path) -> None:
     assert not (tmp_path / "z/model.pt").exists()
 
 
+def test_support_quantiles_use_only_the_labels_training_sees(params, dataset,
+                                                              tmp_path: Path) -> None:
+    """data.labeled_fraction's mask hides labels from training, so the checkpoint's support
+    (the out-of-support warnings of do()) must not include them either."""
+    train_rows = np.where(dataset.split == 0)[0]
+    thick = dataset.labels[train_rows, 0]
+    mask = dataset.label_mask.copy()
+    mask[train_rows[thick > np.median(thick)], 0] = False  # the thicker half unlabelled
+    train(params, dataclasses.replace(dataset, label_mask=mask), tmp_path / "m",
+          show_progress=False)
+    q = load_checkpoint(tmp_path / "m/model.pt")["label_quantiles"]
+    seen = thick[thick <= np.median(thick)]
+    assert q[0][0] == pytest.approx(seen.min()) and q[0][-1] == pytest.approx(seen.max())
+    assert q[1][-1] == pytest.approx(dataset.labels[train_rows, 1].max())  # intensity: all
+
+
 def test_block_dropout_replaces_whole_variable_blocks_with_the_null(params, dataset) -> None:
     """train.p_block_drop: each (image, variable) block of the UNet condition is the null
     condition's part or the image's own, never a mix inside a block; at 0 nothing changes."""
