@@ -36,7 +36,9 @@ def sh(cmd: list[str], cwd: Path, stdout_only: bool = False) -> str:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A temporary copy of the project (code, dvc.yaml, params.yaml on the tiny profile) under
+    git and DVC, with nothing run yet."""
     d = tmp_path_factory.mktemp("project")
     for name in ("cdae", "stages"):
         shutil.copytree(ROOT / name, d / name, ignore=shutil.ignore_patterns("__pycache__"))
@@ -50,8 +52,20 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
-def test_dvc_repro_tiny(project: Path) -> None:
-    out = sh(["dvc", "repro"], project)
+@pytest.fixture(scope="module")
+def repro_log(workspace: Path) -> str:
+    """The log of `dvc repro` of the whole DAG, run once per module."""
+    return sh(["dvc", "repro"], workspace)
+
+
+@pytest.fixture(scope="module")
+def project(workspace: Path, repro_log: str) -> Path:
+    """The copy with every stage's outputs, which the tests below read and add to."""
+    return workspace
+
+
+def test_dvc_repro_tiny(project: Path, repro_log: str) -> None:
+    out = repro_log
     for stage in ("prepare-data", "train", "encode-latents", "intervene@thickness_2",
                   "intervene@intensity_120", "intervene@thickness_4", "render",
                   "train-predictors", "evaluate", "report"):
@@ -86,6 +100,7 @@ def test_dvc_repro_tiny(project: Path) -> None:
     page = (project / "reports/report.html").read_text()
     assert "thickness_mae" in page and "<code>light_angle_60</code>: variable light_angle" in page
 
+    # (the module's first test: tests below rewrite outputs, e.g. `cdae render` and `report`)
     again = sh(["dvc", "repro"], project)
     assert "Running stage" not in again
 
@@ -318,7 +333,15 @@ def sweep(project: Path) -> dict:
     return json.loads(js)
 
 
-def test_sweep_one_file_with_every_value(project: Path, sweep: dict) -> None:
+@pytest.fixture(scope="module")
+def linear_sweep(project: Path) -> str:
+    """A START:STOP:COUNT sweep written outside the counterfactuals folder: its summary."""
+    return sh([sys.executable, "-m", "cdae", "intervene", "--var", "thickness", "--values",
+               "1:3:3", "--max-images", "2", "--steps", "2", "--out", "data/sweep_lin.h5"],
+              project, stdout_only=True)
+
+
+def test_sweep_one_file_with_every_value(project: Path, sweep: dict, linear_sweep: str) -> None:
     path = project / "data/counterfactuals/sweep_thickness.h5"
     assert sweep["path"] == "data/counterfactuals/sweep_thickness.h5" and path.is_file()
     with h5py.File(path) as f:
@@ -332,9 +355,7 @@ def test_sweep_one_file_with_every_value(project: Path, sweep: dict) -> None:
     assert [s["value"] for s in sweep["sweep"]] == pytest.approx(list(SWEEP))
     assert [s["parents"]["thickness"] for s in sweep["sweep"]] == pytest.approx(list(SWEEP))
     assert sweep["variables"]["intensity"]["role"] == "propagated by the learned mechanism"
-    out = sh([sys.executable, "-m", "cdae", "intervene", "--var", "thickness", "--values",
-              "1:3:3", "--max-images", "2", "--steps", "2", "--out", "data/sweep_lin.h5"],
-             project, stdout_only=True)
+    out = linear_sweep
     assert "do(thickness=1)" in out and "do(thickness=2)" in out and "do(thickness=3)" in out
     assert "intensity [0..255]" in out and "propagated by the learned mechanism" in out
 
@@ -369,7 +390,7 @@ def test_malformed_sweep_is_refused(project: Path) -> None:
     assert not (project / "data/bad_sweep.h5").exists()
 
 
-def test_render_draws_traversal_strips(project: Path, sweep: dict) -> None:
+def test_render_draws_traversal_strips(project: Path, sweep: dict, linear_sweep: str) -> None:
     from PIL import Image
 
     result = json.loads(sh([sys.executable, "-m", "cdae", "render", "--json"], project,
