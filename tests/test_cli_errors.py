@@ -107,8 +107,17 @@ def test_bad_params_name_the_key(params_file: Path) -> None:
 
 
 def test_debug_shows_traceback(params_file: Path) -> None:
-    r = run("--debug", "intervene", "--params", str(params_file), "--var", "x", "--value", "1")
-    assert r.exit_code != 0 and r.exception is not None
+    from cdae.errors import InterventionError
+
+    args = ("intervene", "--params", str(params_file), "--var", "x", "--value", "1")
+    # without --debug the error ends in SystemExit(2) (CliRunner reports that as the exception
+    # too); with it the error itself propagates, traceback and all
+    quiet = run(*args)
+    assert quiet.exit_code == 2 and isinstance(quiet.exception, SystemExit)
+    r = run("--debug", *args)
+    assert isinstance(r.exception, InterventionError), repr(r.exception)
+    assert r.exit_code == 1 and "unknown variable 'x'" in str(r.exception)
+    assert r.exc_info is not None and r.exc_info[2] is not None  # the traceback
 
 
 def test_help_is_cheap_and_version() -> None:
