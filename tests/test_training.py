@@ -190,6 +190,7 @@ def test_block_dropout_replaces_whole_variable_blocks_with_the_null(params, data
     condition's part or the image's own, never a mix inside a block; at 0 nothing changes."""
     from cdae.training import build_model, compute_loss, make_diffusion
 
+    torch.manual_seed(0)
     model = build_model(params, dataset.image_shape, dataset.label_mean, dataset.label_std)
     diffusion = make_diffusion(params)
     seen: list[torch.Tensor] = []
@@ -221,6 +222,7 @@ def test_mechanisms_learn_from_the_whole_train_split(params, dataset) -> None:
     it is the image batch's, which has no labelled pair here and so contributes nothing."""
     from cdae.training import build_model, draw_step, make_diffusion, mechanism_loss
 
+    torch.manual_seed(0)
     model = build_model(params, dataset.image_shape, dataset.label_mean, dataset.label_std)
     diffusion = make_diffusion(params)
     reference = model.normalise(torch.as_tensor(dataset.labels, dtype=torch.float32))
@@ -336,6 +338,7 @@ def test_min_snr_weighting_reweights_only_the_denoising_term(params, dataset) ->
     falls by exactly mse - mean(w_t * error_t)."""
     from cdae.training import build_model, compute_loss, make_diffusion
 
+    torch.manual_seed(0)
     model = build_model(params, dataset.image_shape, dataset.label_mean, dataset.label_std)
     diffusion = make_diffusion(params)
     seen: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
@@ -380,6 +383,7 @@ def test_v_prediction_turns_v_into_eps_and_trains_on_the_v_error(params, dataset
 
     p = dataclasses.replace(params, diffusion=dataclasses.replace(
         params.diffusion, prediction=config.Prediction.V))
+    torch.manual_seed(0)
     model = build_model(p, dataset.image_shape, dataset.label_mean, dataset.label_std)
     diffusion = make_diffusion(p)
     assert not any("sqrt_ab" in k for k in model.state_dict())  # derived, not stored
@@ -414,6 +418,7 @@ def test_compiled_loss_trains_like_the_eager_one(params, dataset, tmp_path: Path
     (in either compile mode), and checkpoint keys of the plain modules."""
     from cdae.training import build_model, compute_loss, loss_terms, make_diffusion
 
+    torch.manual_seed(0)
     model = build_model(params, dataset.image_shape, dataset.label_mean, dataset.label_std)
     diffusion = make_diffusion(params)
     x0 = torch.as_tensor(dataset.images[:8], dtype=torch.float32) / 127.5 - 1.0
