@@ -57,51 +57,55 @@ def max_diff(a: dict, b: dict) -> float:
                if a[k].dtype.is_floating_point)
 
 
-def test_two_processes_match_one(tmp_path: Path) -> None:
-    write_data(tmp_path)
-    train(make_params(tmp_path, "single", STEPS), 1)
-    out = train(make_params(tmp_path, "ddp", STEPS), 2)
+@pytest.fixture(scope="module")
+def tmp_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with the data and the one-process reference run (models under ``single/``),
+    trained once for the module; each test trains its own runs beside it under other names."""
+    d = tmp_path_factory.mktemp("distributed")
+    write_data(d)
+    train(make_params(d, "single", STEPS), 1)
+    return d
+
+
+def test_two_processes_match_one(tmp_data: Path) -> None:
+    out = train(make_params(tmp_data, "ddp", STEPS), 2)
     # rank 0 alone logs, reports and writes; rank 1 says it is a worker
     assert out.count("INFO trained 6 steps") == 1
     assert out.count("data-parallel worker done at step 6") == 1
-    single = load_checkpoint(tmp_path / "single" / "model.pt")
-    ddp = load_checkpoint(tmp_path / "ddp" / "model.pt")
+    single = load_checkpoint(tmp_data / "single" / "model.pt")
+    ddp = load_checkpoint(tmp_data / "ddp" / "model.pt")
     assert ddp["step"] == STEPS
     assert max_diff(single["model"], ddp["model"]) < ATOL
     assert max_diff(single["ema"], ddp["ema"]) < ATOL
-    assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == [
+    assert sorted(p.name for p in (tmp_data / "ddp").iterdir()) == [
         "model.pt", "train.json", "train_log.csv"]
 
 
-def test_resume_with_another_process_count(tmp_path: Path) -> None:
-    write_data(tmp_path)
-    train(make_params(tmp_path, "single", STEPS), 1)
-    train(make_params(tmp_path, "mixed", STEPS // 2), 2)   # first half on 2 processes
-    half = load_checkpoint(tmp_path / "mixed" / "model.pt")
+def test_resume_with_another_process_count(tmp_data: Path) -> None:
+    train(make_params(tmp_data, "mixed", STEPS // 2), 2)   # first half on 2 processes
+    half = load_checkpoint(tmp_data / "mixed" / "model.pt")
     # the tolerance is far below what three more steps change
-    assert max_diff(half["ema"], load_checkpoint(tmp_path / "single" / "model.pt")["ema"]) \
+    assert max_diff(half["ema"], load_checkpoint(tmp_data / "single" / "model.pt")["ema"]) \
         > 10 * ATOL
-    out = train(make_params(tmp_path, "mixed", STEPS), 1)  # second half on 1
-    assert f"resuming from {tmp_path / 'mixed' / 'model.pt'} at step {STEPS // 2}" in out
-    single = load_checkpoint(tmp_path / "single" / "model.pt")
-    mixed = load_checkpoint(tmp_path / "mixed" / "model.pt")
+    out = train(make_params(tmp_data, "mixed", STEPS), 1)  # second half on 1
+    assert f"resuming from {tmp_data / 'mixed' / 'model.pt'} at step {STEPS // 2}" in out
+    single = load_checkpoint(tmp_data / "single" / "model.pt")
+    mixed = load_checkpoint(tmp_data / "mixed" / "model.pt")
     assert mixed["step"] == STEPS
     assert max_diff(single["ema"], mixed["ema"]) < ATOL
 
 
-def test_two_processes_with_a_compiled_loss_match_one_eager(tmp_path: Path) -> None:
+def test_two_processes_with_a_compiled_loss_match_one_eager(tmp_data: Path) -> None:
     """train.compile under DistributedDataParallel (the `gpu` profile under torchrun): the
     compiled loss's backward still reaches DDP's gradient averaging, so 2 compiled processes
     train what 1 eager process does."""
-    write_data(tmp_path)
-    train(make_params(tmp_path, "single", STEPS), 1)
-    params = make_params(tmp_path, "compiled", STEPS)
+    params = make_params(tmp_data, "compiled", STEPS)
     raw = yaml.safe_load(params.read_text())
     raw["profiles"]["tiny"]["train"]["compile"] = True
     params.write_text(yaml.safe_dump(raw))
     train(params, 2)
-    single = load_checkpoint(tmp_path / "single" / "model.pt")
-    compiled = load_checkpoint(tmp_path / "compiled" / "model.pt")
+    single = load_checkpoint(tmp_data / "single" / "model.pt")
+    compiled = load_checkpoint(tmp_data / "compiled" / "model.pt")
     assert compiled["step"] == STEPS
     assert max_diff(single["model"], compiled["model"]) < ATOL
     assert max_diff(single["ema"], compiled["ema"]) < ATOL
