@@ -18,6 +18,7 @@ from cdae import mnist
 from cdae.cli import app
 from cdae.dataset import Dataset, normalisation_stats, read_dataset
 from cdae.generators import make_generator
+from cdae.morpho import measure
 from cdae.scm import MorphoThicknessIntensitySCM
 from stages import evaluate as ev
 from stages import prepare_data
@@ -155,6 +156,12 @@ def test_morphomnist_real_t10k(tmp_path: Path) -> None:
                                          SHARED / "t10k-labels-idx1-ubyte.gz")
     assert np.array_equal(ds.labels[:, names.index("digit")], digits[rows])
     assert np.array_equal(ds.images[:, 0], images[rows])
+    # the evaluation's do-nothing inputs: imported digits measured in label units, per image
+    # (EVALUATION.md: 0.123 px and 0.51 over the whole t10k split)
+    measured = make_generator(cfg.SCMKind(ds.scm)).measure(ds.images[:60])
+    for var, tol in (("thickness", 0.2), ("intensity", 1.5)):
+        err = np.abs(measured[var] - ds.labels[:60, names.index(var)])
+        assert err.mean() < tol, (var, err.mean())
 
 
 def test_morphomnist_both_splits_and_csv_order(tmp_path: Path) -> None:
@@ -352,9 +359,12 @@ def test_evaluation_plan_for_imported_morphomnist(tmp_path: Path, morpho_dir: Pa
     assert np.allclose(target["intensity"], i_cf) and np.all(target["thickness"] == 2.0)
     assert np.array_equal(target["digit"], labels["digit"])
     # the do-nothing row's inputs: the imported images' measured attributes, in label units
+    # (random pixels here: label units on real digits are checked in test_morphomnist_real_t10k)
     measured = gen.measure(ds.images[:2])
     assert set(plan.measurable) <= set(measured)
-    assert np.allclose(measured["thickness"], labels["thickness"][:2], atol=0.5)
+    t_direct, i_direct = measure(ds.images[:2, 0])
+    assert np.array_equal(measured["thickness"], t_direct)
+    assert np.array_equal(measured["intensity"], i_direct)
 
 
 def test_evaluation_plan_for_folder_and_generated(tmp_path: Path, image_dir: Path) -> None:
