@@ -109,12 +109,19 @@ def test_label_coordinates_undo_the_monotone_map_and_keep_the_residual(layer) ->
     assert all(p.grad is None for p in layer.monotone.parameters())  # g is not trained here
 
 
-def test_mechanism_learns_deepscm_counterfactual_intensity() -> None:
+@pytest.fixture()
+def one_thread():
+    """Tiny tensors: threads only add overhead. The count is restored even when a test fails."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_mechanism_learns_deepscm_counterfactual_intensity(one_thread) -> None:
     """Fitted on labels alone, the monotone prior + additive mechanism must beat the best
     ADDITIVE-noise mechanism's floor (4.7) on the true counterfactual intensity under do(t)."""
     torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: threads only add overhead
     g = CausalGraph.from_dict({"variables": [{"name": "thickness"}, {"name": "intensity"}],
                                "edges": [["thickness", "intensity"]]})
     rng = np.random.default_rng(0)
@@ -146,7 +153,6 @@ def test_mechanism_learns_deepscm_counterfactual_intensity() -> None:
                                               dtype=torch.float32))[:, 0]
         z_cf = layer.intervene(z, u, {0: block})
         i_model = layer.read_labels(z_cf)[:, 1].numpy() * std[1] + mean[1]
-    torch.set_num_threads(threads)
     err = np.abs(i_model - i_true).mean()
     assert err < 3.0, err
     assert np.abs(i[:m] - i_true).mean() > 30  # do-nothing is far worse
