@@ -348,3 +348,32 @@ def test_sweep_curves_sort_x_pick_effectiveness_and_mark_missing() -> None:
     image = curve_chart("t", "DDIM steps", xs, series)
     assert image.size[0] > 3 * 200 and image.getextrema() != ((255, 255),) * 3
     assert sweep_curves(results, "missing", ("thickness",)) == ([], {}, 0)
+
+
+def test_glance_rows_follow_the_graph() -> None:
+    """The report's headline reads each do(v) group by the graph: v's own metric, each
+    descendant (two levels down included) with the mechanisms' error, each non-descendant kept
+    (a categorical one by `predicted_<c>_kept`); the cycles in chain order."""
+    from cdae.graph import CausalGraph
+    from stages.evaluate import evaluation_markdown, glance_rows
+
+    g = CausalGraph.from_dict({
+        "variables": [{"name": "a"}, {"name": "b"}, {"name": "c"},
+                      {"name": "k", "type": "categorical", "classes": 3}],
+        "edges": [["a", "b"], ["b", "c"]]})
+    results = {
+        "do_b": {"b_mae": 0.1, "c_mae": 2.0, "parent_c_mae_labels": 0.5, "a_mae": 0.05,
+                 "predicted_k_kept": 0.97, "a_bias": 0.0},
+        "do_b_do_nothing": {"b_mae": 0.7, "c_mae": 50.0, "a_mae": 0.0, "predicted_k_kept": 1.0},
+        "do_k": {"predicted_k_accuracy": 0.9, "a_mae": 0.1, "b_mae": 0.2, "c_mae": 3.0},
+        "cycles": {"composition_l1_10": 0.1, "composition_l1_1": 0.01, "reversibility_l1_1": 5.0},
+    }
+    rows = [(group, m) for _, group, m in glance_rows(results, g)]
+    assert rows == [("do_b", "b_mae"), ("do_b", "c_mae"), ("do_b", "parent_c_mae_labels"),
+                    ("do_b", "a_mae"), ("do_b", "predicted_k_kept"),
+                    ("do_k", "predicted_k_accuracy"), ("do_k", "a_mae"), ("do_k", "b_mae"),
+                    ("do_k", "c_mae"), ("cycles", "composition_l1_1"),
+                    ("cycles", "composition_l1_10"), ("cycles", "reversibility_l1_1")]
+    md = evaluation_markdown(results, [], g)
+    assert md.index("## At a glance") < md.index("## `do_b`")
+    assert "| do(b): c follows through the mechanisms | `do_b.c_mae` | 2 | 50 | – |" in md
