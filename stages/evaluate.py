@@ -1021,51 +1021,9 @@ def _md(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def glance_rows(results: Mapping[str, object], graph) -> list[tuple[str, str, str]]:
-    """The scorecard's headline: (what it says, group, metric) per do(v) row, from the graph
-    alone: v's own effectiveness, each descendant's propagated value and the mechanisms' error
-    behind it, each non-descendant kept; then composition and reversibility."""
-    out: list[tuple[str, str, str]] = []
-
-    def first(group: str, *metrics: str) -> str | None:
-        row = results.get(group)
-        return next((m for m in metrics if isinstance(row, Mapping) and m in row), None)
-
-    for v in graph.names:
-        group = f"do_{v}"
-        if not isinstance(results.get(group), Mapping):
-            continue
-        own = first(group, f"{v}_mae", f"predicted_{v}_mae", f"predicted_{v}_accuracy")
-        if own is not None:
-            out.append((f"do({v}): {v} reaches the set value", group, own))
-        below = graph.descendants([v])
-        for d in below:
-            m = first(group, f"{d}_mae", f"predicted_{d}_mae")
-            if m is not None:
-                out.append((f"do({v}): {d} follows through the mechanisms", group, m))
-            m = first(group, f"parent_{d}_mae_labels")
-            if m is not None:
-                out.append((f"do({v}): {d}, the mechanisms' own error (no image)", group, m))
-        for w in graph.names:
-            if w != v and w not in below:
-                m = first(group, f"predicted_{w}_kept", f"{w}_mae", f"predicted_{w}_mae")
-                if m is not None:
-                    out.append((f"do({v}): {w} stays as it was", group, m))
-    cycles = results.get("cycles")
-    if isinstance(cycles, Mapping):
-        chains = sorted((int(k.rsplit("_", 1)[1]), k) for k in cycles
-                        if k.startswith("composition_l1_"))
-        wanted = [(k, f"composition: {n} null intervention{'s' if n > 1 else ''}")
-                  for n, k in chains]
-        wanted += [("reversibility_l1_1", "reversibility: 1 cycle through every parent"),
-                   ("reversibility_continuous_l1_1", "reversibility: 1 cycle, continuous parents")]
-        out += [(label, "cycles", m) for m, label in wanted if m in cycles]
-    return out
-
-
 def evaluation_markdown(results: Mapping[str, object], pngs: list[str], graph) -> str:
     """reports/evaluation.md: the scorecard as tables, the plots, what each number means."""
-    from stages.report import metric_meaning
+    from stages.report import glance_rows, metric_meaning
 
     units = {v.name: v.unit for v in graph.variables}
     setup = results.get("setup", {})
@@ -1084,7 +1042,8 @@ def evaluation_markdown(results: Mapping[str, object], pngs: list[str], graph) -
                   "Each do(v) row: v's own effectiveness, every descendant through the learned "
                   "mechanisms (and their error alone), every other variable kept; then the "
                   "cycles. The groups below hold every metric.", "",
-                  "| what | metric | model | do nothing | true mechanism |", "|---|---|---|---|---|"]
+                  "| what | metric | model | do nothing | true mechanism |",
+                  "|---|---|---|---|---|"]
         for label, group, m in glance:
             row = results[group]
             cells = [_fmt(row, m)] + [  # type: ignore[arg-type]

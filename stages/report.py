@@ -370,13 +370,77 @@ def _fmt_value(v: object) -> str:
     return _esc(json.dumps(v)) if isinstance(v, (dict, list)) else _fmt_number(v)
 
 
-def _metrics_html(metrics: Mapping[str, Any], units: Mapping[str, str]) -> tuple[str, list[str]]:
-    """One table per intervention (model, do nothing, true mechanism), then setup and cost."""
+def glance_rows(results: Mapping[str, Any], graph: CausalGraph) -> list[tuple[str, str, str]]:
+    """The scorecard's headline: (what it says, group, metric) per do(v) row, from the graph
+    alone: v's own effectiveness, each descendant's propagated value and the mechanisms' error
+    behind it, each non-descendant kept; then composition and reversibility."""
+    out: list[tuple[str, str, str]] = []
+
+    def first(group: str, *metrics: str) -> str | None:
+        row = results.get(group)
+        return next((m for m in metrics if isinstance(row, Mapping) and m in row), None)
+
+    for v in graph.names:
+        group = f"do_{v}"
+        if not isinstance(results.get(group), Mapping):
+            continue
+        own = first(group, f"{v}_mae", f"predicted_{v}_mae", f"predicted_{v}_accuracy")
+        if own is not None:
+            out.append((f"do({v}): {v} reaches the set value", group, own))
+        below = graph.descendants([v])
+        for d in below:
+            m = first(group, f"{d}_mae", f"predicted_{d}_mae")
+            if m is not None:
+                out.append((f"do({v}): {d} follows through the mechanisms", group, m))
+            m = first(group, f"parent_{d}_mae_labels")
+            if m is not None:
+                out.append((f"do({v}): {d}, the mechanisms' own error (no image)", group, m))
+        for w in graph.names:
+            if w != v and w not in below:
+                m = first(group, f"predicted_{w}_kept", f"{w}_mae", f"predicted_{w}_mae")
+                if m is not None:
+                    out.append((f"do({v}): {w} stays as it was", group, m))
+    cycles = results.get("cycles")
+    if isinstance(cycles, Mapping):
+        chains = sorted((int(k.rsplit("_", 1)[1]), k) for k in cycles
+                        if k.startswith("composition_l1_"))
+        wanted = [(k, f"composition: {n} null intervention{'s' if n > 1 else ''}")
+                  for n, k in chains]
+        wanted += [("reversibility_l1_1", "reversibility: 1 cycle through every parent"),
+                   ("reversibility_continuous_l1_1", "reversibility: 1 cycle, continuous parents")]
+        out += [(label, "cycles", m) for m, label in wanted if m in cycles]
+    return out
+
+
+def _glance_html(metrics: Mapping[str, Any], graph: CausalGraph) -> str:
+    """The headline table (:func:`glance_rows`) with the do-nothing and true-mechanism values."""
+    body = []
+    for label, group, m in glance_rows(metrics, graph):
+        cells = "".join(
+            f'<td class="num">{_fmt_number(metrics[k][m])}</td>'
+            if isinstance(metrics.get(k), Mapping) and m in metrics[k]
+            else '<td class="num">–</td>'
+            for k in (group, group + Baseline.DO_NOTHING.value,
+                      group + Baseline.TRUE_MECHANISM.value))
+        body.append(f"<tr><td>{_esc(label)}</td><td><code>{_esc(group)}.{_esc(m)}</code></td>"
+                    f"{cells}</tr>")
+    if not body:
+        return ""
+    return ("<h3>At a glance</h3><table><tr><th>what</th><th>metric</th><th>model</th>"
+            f"<th>{_esc(BASELINE_TITLES[Baseline.DO_NOTHING])}</th>"
+            f"<th>{_esc(BASELINE_TITLES[Baseline.TRUE_MECHANISM])}</th></tr>"
+            + "".join(body) + "</table>")
+
+
+def _metrics_html(metrics: Mapping[str, Any], units: Mapping[str, str],
+                  graph: CausalGraph) -> tuple[str, list[str]]:
+    """The headline table, one table per intervention (model, do nothing, true mechanism), then
+    setup and cost."""
     suffixes = tuple(b.value for b in Baseline)
     groups = [k for k in metrics if k not in NOT_RESULTS and isinstance(metrics[k], Mapping)
               and not k.endswith(suffixes)]
     groups.sort(key=lambda k: (k != "null", k))
-    parts: list[str] = []
+    parts: list[str] = [_glance_html(metrics, graph)]
     names: list[str] = []
     for g in groups:
         cols = [(g, "model")] + [(g + b.value, BASELINE_TITLES[b]) for b in Baseline
@@ -483,7 +547,7 @@ def run(params: cfg.Params, *, out: str | None = None) -> dict[str, object]:
         if not isinstance(metrics, Mapping):
             raise DataError(f"{metrics_path}: expected a JSON object",
                             hint="re-run `cdae evaluate`")
-        table, metric_names = _metrics_html(metrics, units)
+        table, metric_names = _metrics_html(metrics, units, graph)
         how = metrics.get("setup", {}).get("attributes") if isinstance(
             metrics.get("setup"), Mapping) else None
         note = f" Attributes {_esc(how)}." if how else ""

@@ -355,7 +355,8 @@ def test_glance_rows_follow_the_graph() -> None:
     descendant (two levels down included) with the mechanisms' error, each non-descendant kept
     (a categorical one by `predicted_<c>_kept`); the cycles in chain order."""
     from cdae.graph import CausalGraph
-    from stages.evaluate import evaluation_markdown, glance_rows
+    from stages.evaluate import evaluation_markdown
+    from stages.report import _glance_html, glance_rows
 
     g = CausalGraph.from_dict({
         "variables": [{"name": "a"}, {"name": "b"}, {"name": "c"},
@@ -377,3 +378,5 @@ def test_glance_rows_follow_the_graph() -> None:
     md = evaluation_markdown(results, [], g)
     assert md.index("## At a glance") < md.index("## `do_b`")
     assert "| do(b): c follows through the mechanisms | `do_b.c_mae` | 2 | 50 | – |" in md
+    page = _glance_html(results, g)  # report.html's headline: the same rows
+    assert page.count("<tr>") == 1 + len(rows) and "do(k): digit" not in page
