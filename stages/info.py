@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import json
+from enum import Enum
 from pathlib import Path
 
 import numpy as np
 
 from cdae.errors import DataError
+
+
+class InfoKind(str, Enum):
+    """What `cdae info` found a file to be (its ``kind`` in the JSON)."""
+
+    DATASET = "dataset"
+    CHECKPOINT = "checkpoint"
+    LATENTS = "latents"
+    COUNTERFACTUALS = "counterfactuals"
+    SWEEP = "sweep"
+    HDF5 = "hdf5"  # an HDF5 file of no cdae kind: its datasets and attributes listed
 
 
 def _variables(graph, labels: np.ndarray | None) -> list[dict[str, object]]:
@@ -50,27 +62,27 @@ def describe(path: str | Path) -> dict[str, object]:
                 from cdae.dataset import read_dataset
 
                 ds = read_dataset(p)
-                return {"kind": "dataset", "path": str(p), "images": int(ds.images.shape[0]),
+                return {"kind": InfoKind.DATASET.value, "path": str(p), "images": int(ds.images.shape[0]),
                         "image_shape": list(ds.image_shape),
                         "train": int((ds.split == 0).sum()), "test": int((ds.split == 1).sum()),
                         "source": ds.source, "scm": ds.scm,
                         "ground_truth": ds.has_ground_truth,
                         "variables": _variables(ds.graph, ds.labels),
                         "graph": ds.graph.describe()}
-            kind = "counterfactuals" if "counterfactual" in f else "latents" \
-                if "x_T" in f else "hdf5"
+            kind = (InfoKind.COUNTERFACTUALS if "counterfactual" in f
+                    else InfoKind.LATENTS if "x_T" in f else InfoKind.HDF5)
             extra: dict[str, object] = {}
-            if kind == "counterfactuals":
+            if kind is InfoKind.COUNTERFACTUALS:
                 from stages.intervene import FileKind, file_kind, skipped_reason
 
                 if file_kind(f.attrs, p) is FileKind.SWEEP:
-                    kind = "sweep"
+                    kind = InfoKind.SWEEP
                 if "index" in f:
                     extra["images"] = int(f["index"].shape[0])
                 why = skipped_reason(f.attrs)
                 if why is not None:
                     extra["skipped"] = why
-            return {"kind": kind, "path": str(p), **extra,
+            return {"kind": kind.value, "path": str(p), **extra,
                     "datasets": {k: [list(f[k].shape), str(f[k].dtype)] for k in f},
                     "attrs": {k: (v.item() if hasattr(v, "item") else str(v))
                               for k, v in f.attrs.items()}}
@@ -89,7 +101,7 @@ def describe(path: str | Path) -> dict[str, object]:
     for j, row in enumerate(rows):
         if q.size and np.isfinite(q[j]).all():
             row["train_range"] = [round(float(q[j][0]), 4), round(float(q[j][-1]), 4)]
-    return {"kind": "checkpoint", "path": str(p), "step": int(ck.get("step", 0)),
+    return {"kind": InfoKind.CHECKPOINT.value, "path": str(p), "step": int(ck.get("step", 0)),
             "total_steps": int(ck.get("total_steps", 0)), "parameters": n_params,
             "image_shape": list(ck["image_shape"]), "profile": ck["params"].get("profile"),
             "model": ck["params"].get("model"), "versions": ck.get("versions", {}),
