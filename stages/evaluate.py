@@ -66,7 +66,7 @@ class TargetSource(str, enum.Enum):
              "have no target (no SCM known)")
 
 
-class Scored(str, enum.Enum):
+class ReadBy(str, enum.Enum):
     """How a variable's value on a counterfactual image was read."""
 
     MEASURED = "measured"  # by the generator's measurements (morphometrics, scene equations)
@@ -300,7 +300,7 @@ def _with_targets(ctx: _Context, masks: np.ndarray, values: np.ndarray, x_cf: np
 
 def _attribute_rows(ctx: _Context, images: np.ndarray, s: Scored, rows: np.ndarray | None = None,
                     measured: dict[str, np.ndarray] | None = None
-                    ) -> tuple[dict[str, float], dict[str, tuple[Scored, np.ndarray]]]:
+                    ) -> tuple[dict[str, float], dict[str, tuple[ReadBy, np.ndarray]]]:
     """Effectiveness of ``images`` (the evaluated images, or those of the bool ``rows``):
     measured ``<v>_mae`` (``measured``: the generator's reading of ``images``, made here when
     None) and predicted ``predicted_<v>_mae`` / ``predicted_<v>_accuracy`` against the targets.
@@ -308,7 +308,7 @@ def _attribute_rows(ctx: _Context, images: np.ndarray, s: Scored, rows: np.ndarr
     sel = np.arange(ctx.n) if rows is None else np.flatnonzero(rows)
     target = {m: v[sel] for m, v in s.target.items()}
     out: dict[str, float] = {}
-    values: dict[str, tuple[Scored, np.ndarray]] = {}
+    values: dict[str, tuple[ReadBy, np.ndarray]] = {}
     if measured is None and ctx.gen is not None and ctx.plan.measurable:
         measured = ctx.gen.measure(images)
     predicted = ctx.pred.predict(images, target) if ctx.pred is not None else {}
@@ -319,7 +319,7 @@ def _attribute_rows(ctx: _Context, images: np.ndarray, s: Scored, rows: np.ndarr
             out[f"{m}_mae"] = mae(measured[m], target[m])
             if not ctx.categorical[j]:
                 out[f"{m}_bias"] = bias(measured[m], target[m])
-            values[m] = (Scored.MEASURED, measured[m])
+            values[m] = (ReadBy.MEASURED, measured[m])
         if m in predicted:
             if ctx.categorical[j]:
                 out[f"predicted_{m}_accuracy"] = accuracy(predicted[m], target[m])
@@ -331,7 +331,7 @@ def _attribute_rows(ctx: _Context, images: np.ndarray, s: Scored, rows: np.ndarr
                     out.update(_judges_kept(ctx, m, images, target, predicted[m], sel, kept))
             else:
                 out[f"predicted_{m}_mae"] = mae(predicted[m], target[m])
-            values.setdefault(m, (Scored.PREDICTED, predicted[m]))
+            values.setdefault(m, (ReadBy.PREDICTED, predicted[m]))
         set_rows = s.masks[sel, j]
         if m in values and not ctx.categorical[j] and set_rows.any():
             split, on, off = _support_split(ctx, m, target, values[m], set_rows)
@@ -373,7 +373,7 @@ def _categorical_by_support(ctx: _Context, m: str, target: Mapping[str, np.ndarr
 
 
 def _support_split(ctx: _Context, m: str, target: Mapping[str, np.ndarray],
-                   scored: tuple[Scored, np.ndarray], set_rows: np.ndarray
+                   scored: tuple[ReadBy, np.ndarray], set_rows: np.ndarray
                    ) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
     """The error on ``m`` over the images where the intervention set ``m``, split by whether
     the set value lies in the train support of ``m`` given its (counterfactual) parents:
@@ -384,7 +384,7 @@ def _support_split(ctx: _Context, m: str, target: Mapping[str, np.ndarray],
     ranks = ctx.support_ranks(m, target)
     off = off_support(ranks) & set_rows
     on = set_rows & np.isfinite(ranks) & ~off
-    prefix = m if kind is Scored.MEASURED else f"predicted_{m}"
+    prefix = m if kind is ReadBy.MEASURED else f"predicted_{m}"
     out: dict[str, float] = {}
     if on.any() or off.any():
         out[f"{prefix}_set_off_support"] = float(off.sum() / (on.sum() + off.sum()))
@@ -407,7 +407,7 @@ def _frechet(ctx: _Context, ref: np.ndarray | None, images: np.ndarray,
 
 def model_row(ctx: _Context, s: Scored, measured_factual: dict[str, np.ndarray],
               ref_feats: np.ndarray | None
-              ) -> tuple[dict[str, float], dict[str, tuple[Scored, np.ndarray]]]:
+              ) -> tuple[dict[str, float], dict[str, tuple[ReadBy, np.ndarray]]]:
     """The model's row for one scored intervention, and the attribute values scored on x*
     per variable (measured where the generator can, else predicted)."""
     measured = ctx.gen.measure(s.x_cf) if ctx.gen is not None and ctx.plan.measurable else {}
