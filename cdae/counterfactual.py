@@ -364,7 +364,8 @@ class CounterfactualEngine:
     @torch.no_grad()
     def decode(self, x_T: torch.Tensor, z: torch.Tensor, *, style: torch.Tensor | None = None,
                steps: int = 50, guidance: float = 0.0) -> np.ndarray:
-        """DDIM-decode x_T (N, C, H, W) from t = T with condition flatten(z) (z (N, K, d), plus
+        """Decode x_T (N, C, H, W) from t = T by the deterministic ODE (the engine's solver and
+        grid: DDIM or Heun) with condition flatten(z) (z (N, K, d), plus
         ``style`` when the model has a style block) -> uint8 images (N, C, H, W). With x_T from
         :meth:`abduct` and its z this reconstructs the images; with x_T ~ N(0, I) it samples new
         images with those latents."""
