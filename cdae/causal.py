@@ -188,19 +188,22 @@ class CausalLayer(nn.Module):
     def _parent_input(self, z: torch.Tensor, k: int) -> torch.Tensor:
         return torch.cat([z[:, j] for j in self.parents[k]], dim=-1)
 
+    def _equation(self, z: list[torch.Tensor | None], u: torch.Tensor, k: int,
+                  frozen: bool = False) -> torch.Tensor:
+        """Block k's structural equation (B, d) from its parents' blocks in ``z`` and u_k."""
+        if not self.parents[k]:
+            return u[:, k]
+        stacked = torch.stack([z[j] for j in self.parents[k]], 1)  # type: ignore[misc]
+        loc, log_scale = self.mechanisms[self.names[k]](stacked.flatten(1), frozen=frozen)
+        return loc.unsqueeze(-1) + torch.exp(log_scale).unsqueeze(-1) * u[:, k]
+
     def causal_layer(self, u: torch.Tensor, frozen_mechanisms: bool = False) -> torch.Tensor:
         """u (B, K, d) -> z (B, K, d), recursively in topological order.
         ``frozen_mechanisms``: no gradient reaches the mechanisms' parameters from z (u still
         gets its gradient): ``train.mechanism_fit: labels``."""
         z: list[torch.Tensor | None] = [None] * u.shape[1]
         for k in self.order:
-            if not self.parents[k]:
-                z[k] = u[:, k]
-                continue
-            stacked = torch.stack([z[j] for j in self.parents[k]], 1)  # type: ignore[misc]
-            loc, log_scale = self.mechanisms[self.names[k]](stacked.flatten(1),
-                                                            frozen=frozen_mechanisms)
-            z[k] = loc.unsqueeze(-1) + torch.exp(log_scale).unsqueeze(-1) * u[:, k]
+            z[k] = self._equation(z, u, k, frozen_mechanisms)
         return torch.stack(z, 1)  # type: ignore[arg-type]
 
     def complete(self, u: torch.Tensor, z_known: torch.Tensor,
@@ -211,13 +214,7 @@ class CausalLayer(nn.Module):
         unknown block lies between it and a known ancestor (a -> b -> c, b unknown)."""
         z: list[torch.Tensor | None] = [None] * u.shape[1]
         for k in self.order:
-            if self.parents[k]:
-                stacked = torch.stack([z[j] for j in self.parents[k]], 1)  # type: ignore[misc]
-                loc, log_scale = self.mechanisms[self.names[k]](stacked.flatten(1))
-                free = loc.unsqueeze(-1) + torch.exp(log_scale).unsqueeze(-1) * u[:, k]
-            else:
-                free = u[:, k]
-            z[k] = torch.where(known[:, k].unsqueeze(-1), z_known[:, k], free)
+            z[k] = torch.where(known[:, k].unsqueeze(-1), z_known[:, k], self._equation(z, u, k))
         return torch.stack(z, 1)  # type: ignore[arg-type]
 
     def abduct_noise(self, z: torch.Tensor) -> torch.Tensor:

@@ -882,8 +882,8 @@ def scatter_chart(title: str, panels: list[tuple[str, str, np.ndarray, np.ndarra
             draw.text((x - font.getlength(lab) / 2, top + ph + 4), lab, fill="black", font=font)
             _, y = px(lo, t)
             draw.text((x0 - 4 - font.getlength(lab), y - 6), lab, fill="black", font=font)
-        draw.text((x0, top - 14), f"{var}: {kind.value} vs target (n={int(ok.sum())})", fill="black",
-                  font=font)
+        draw.text((x0, top - 14), f"{var}: {kind.value} vs target (n={int(ok.sum())})",
+                  fill="black", font=font)
     return canvas
 
 

@@ -62,7 +62,8 @@ def describe(path: str | Path) -> dict[str, object]:
                 from cdae.dataset import read_dataset
 
                 ds = read_dataset(p)
-                return {"kind": InfoKind.DATASET.value, "path": str(p), "images": int(ds.images.shape[0]),
+                return {"kind": InfoKind.DATASET.value, "path": str(p),
+                        "images": int(ds.images.shape[0]),
                         "image_shape": list(ds.image_shape),
                         "train": int((ds.split == 0).sum()), "test": int((ds.split == 1).sum()),
                         "source": ds.source, "scm": ds.scm,
