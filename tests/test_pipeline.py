@@ -100,6 +100,7 @@ def test_dvc_repro_tiny(project: Path, repro_log: str) -> None:
     page = (project / "reports/report.html").read_text()
     assert "thickness_mae" in page and "<code>light_angle_60</code>: variable light_angle" in page
 
+    assert undeclared(project) == []
     # (the module's first test: tests below rewrite outputs, e.g. `cdae render` and `report`)
     again = sh(["dvc", "repro"], project)
     assert "Running stage" not in again
@@ -110,6 +111,16 @@ def test_dvc_repro_tiny(project: Path, repro_log: str) -> None:
     third = sh(["dvc", "repro"], project)
     assert "Running stage 'prepare-data'" not in third
     assert "Running stage 'train'" in third
+
+
+def undeclared(project: Path) -> list[str]:
+    """Files under data/, models/ and reports/ that no stage declares: DVC git-ignores each
+    output it knows of, so an undeclared one shows as untracked (and is not in DVC's cache)."""
+    status = sh(["git", "status", "--porcelain", "--untracked-files=all"], project,
+                stdout_only=True)
+    paths = [line[3:] for line in status.splitlines() if line.startswith("?? ")]
+    return [p for p in paths if p.startswith(("data/", "models/", "reports/"))
+            and not p.endswith(".gitignore")]
 
 
 def check_scorecard(project: Path, metrics: dict) -> None:
@@ -417,6 +428,15 @@ def test_render_draws_traversal_strips(project: Path, sweep: dict, linear_sweep:
     again = json.loads(sh([sys.executable, "-m", "cdae", "render", "--json", "--sweep",
                            "data/sweep_lin.h5"], project, stdout_only=True))
     assert again["sweeps"] == ["data/sweep_lin.h5"]
+
+
+def test_dvc_declares_the_traversal_strips(project: Path, sweep: dict) -> None:
+    """A sweep file in the counterfactuals folder is a change of render's input: `dvc repro`
+    re-renders, and the traversal strip it adds is one of render's declared outputs."""
+    log = sh(["dvc", "repro", "render"], project)
+    assert "Running stage 'render'" in log
+    assert (project / "reports/figures/traversal_thickness.png").is_file()
+    assert [p for p in undeclared(project) if p.startswith("reports/")] == []
 
 
 def test_grid_titles_name_a_file_once(project: Path, tmp_path: Path) -> None:
