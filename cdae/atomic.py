@@ -40,9 +40,19 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
                         hint="name a file to write, e.g. one inside that folder")
     ensure_writable_dir(target.parent)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    try:  # a folder may pass os.access and still refuse a file (root, /proc, a full disk)
+        with open(tmp, "xb"):
+            pass
+    except OSError as err:
+        raise DataError(f"{target}: cannot write there ({err.strerror})",
+                        hint="choose a writable location") from None
     try:
         yield tmp
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except OSError as err:
+            raise DataError(f"{target}: cannot write there ({err.strerror})",
+                            hint="choose a writable location") from None
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -177,6 +177,16 @@ def test_atomic_path_refuses_a_folder_as_its_target(tmp_path: Path) -> None:
     assert not any((tmp_path / "out").iterdir())
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_atomic_path_refuses_a_folder_that_takes_no_files() -> None:
+    """/proc passes os.access(W_OK) for root yet creates no file: the refusal is a DataError
+    naming the target (h5py's OSError traceback before), not whatever the writer raises."""
+    refused = r"^/proc(/cdae-out.h5: cannot write there|: output folder is not writable)"
+    with pytest.raises(DataError, match=refused):
+        with atomic_path("/proc/cdae-out.h5") as tmp:
+            tmp.write_bytes(b"data")
+
+
 def test_checkpoint_from_a_newer_cdae_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "new.pt"
     torch.save({"format": "cdae-checkpoint", "schema_version": 99, "params": {}}, path)
