@@ -163,10 +163,15 @@ class CausalGraph:
 
     def require(self, name: str) -> str:
         if name not in self.names:
+            import difflib
+
             from cdae.errors import InterventionError
 
+            lower = {n.lower(): n for n in self.names}
+            close = difflib.get_close_matches(name.lower(), list(lower), n=1, cutoff=0.6)
+            guess = f"did you mean '{lower[close[0]]}'? " if close else ""
             raise InterventionError(f"unknown variable '{name}'",
-                                    hint=f"variables in the graph: {', '.join(self.names)}")
+                                    hint=f"{guess}variables in the graph: {', '.join(self.names)}")
         return name
 
     def parents(self, name: str) -> tuple[str, ...]:

@@ -41,6 +41,8 @@ def assert_one_line_error(result, *fragments: str) -> None:
 
 @pytest.mark.parametrize("args, fragments", [
     (["--var", "colour", "--value", "2"], ["unknown variable 'colour'", "thickness, intensity"]),
+    (["--var", "Thicknes", "--value", "2"], ["unknown variable 'Thicknes'",
+                                             "did you mean 'thickness'?"]),
     (["--var", "thickness", "--value", "thick"], ["'thick' for 'thickness' is not a number"]),
     (["--var", "thickness"], ["--var and --value go together"]),
     (["--do", "thickness"], ["--do 'thickness' is malformed", "VAR=VALUE"]),
