@@ -216,9 +216,22 @@ def _format_intervention(r: dict[str, Any]) -> str:
             continue
         lines.append(f"    {name:<{width}} {p['factual_mean']:9.3f} -> "
                      f"{p['counterfactual_mean']:9.3f}{unit}  ({tag})")
+    if r["images"] <= len(r.get("example_rows", [])):  # a few images: each one's parents
+        lines.append("  per image, dataset row: factual -> counterfactual (* = set by do):")
+        for row, ex in zip(r["example_rows"], r["examples"]):
+            lines.append(f"    row {row}: " + ", ".join(
+                f"{n} {_num(a, r['parents'][n])} -> {_num(b, r['parents'][n])}"
+                + ("*" if r["parents"][n]["intervened"] else "") for n, (a, b) in ex.items()))
     for w in r.get("warnings", []):
         lines.append(f"  warning: {w}")
     return "\n".join(lines)
+
+
+def _num(v: float, parent: dict[str, Any]) -> str:
+    """A parent value as the summary prints it: a class as an integer, else 2-3 digits."""
+    if parent["categorical"]:
+        return str(int(round(v)))
+    return f"{v:.0f}" if abs(v) >= 10 else f"{v:.2f}"
 
 
 def _format_sweep(r: dict[str, Any]) -> str:
@@ -270,6 +283,10 @@ def intervene(params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt,
               abduction: Optional[Abduction] = typer.Option(None, help="invert, partial or noise"),
               parents_from: Optional[ParentsFrom] = typer.Option(None, help="labels or image"),
               max_images: Optional[int] = typer.Option(None, help="images of the split, 0 = all"),
+              rows: Optional[str] = typer.Option(
+                  None, "--rows", help="these dataset rows instead of the split's images, e.g. "
+                  "3,17,42 (the rows `cdae render`'s grid shows); each image's parents are "
+                  "printed"),
               out: Optional[Path] = typer.Option(None, help=OUT_HELP),
               strict: bool = typer.Option(False, help="refuse values outside the training "
                                           "support instead of warning"),
@@ -285,14 +302,20 @@ def intervene(params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt,
     Examples: cdae intervene --var thickness --value 2.0 ;
     cdae intervene --do thickness=3.5 --do intensity=150 --guidance 1 ;
     cdae intervene --name thickness_2  (as listed in params.yaml) ;
+    cdae intervene --var thickness --value 2 --rows 3,17  (these dataset rows) ;
     cdae intervene --var thickness --values 1.0:4.0:7  (a sweep -> sweep_thickness.h5;
     `cdae render` draws it as reports/figures/traversal_thickness.png) ;
     cdae intervene --var thickness --value 2 --shard 0/8  (one slice; `cdae merge` joins them)
     """
     def go():
+        from cdae.counterfactual import parse_rows
         from cdae.errors import InterventionError
         from stages import intervene as stage
 
+        if rows is not None and max_images is not None:
+            raise InterventionError("--rows and --max-images both choose the images",
+                                    hint="give one of them")
+        chosen = parse_rows(rows) if rows is not None else None
         if skip_foreign and (name is None or var is not None or value is not None
                              or values is not None or do):
             raise InterventionError("--skip-foreign goes with --name alone",
@@ -314,7 +337,7 @@ def intervene(params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt,
                                    strict=strict, guidance=guidance, steps=steps,
                                    abduction=abduction, parents_from=parents_from,
                                    max_images=max_images, shard=shard,
-                                   guidance_mode=guidance_mode)
+                                   guidance_mode=guidance_mode, rows=chosen)
         p = _params(params, profile, solver, spacing, device)
         items = list(do)
         if (var is None) != (value is None):
@@ -346,7 +369,7 @@ def intervene(params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt,
         return stage.run(p, parsed, name=run_name, out=str(out) if out else None, strict=strict,
                          guidance=guidance, steps=steps, abduction=abduction,
                          parents_from=parents_from, max_images=max_images, shard=shard,
-                         guidance_mode=guidance_mode)
+                         guidance_mode=guidance_mode, rows=chosen)
 
     def text(r: dict[str, Any]) -> str:
         from stages.intervene import SKIPPED_ATTR, FileKind

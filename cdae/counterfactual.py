@@ -93,6 +93,29 @@ def parse_values(spec: str, name: str, graph: CausalGraph) -> list[float]:
     return out
 
 
+def parse_rows(spec: str) -> list[int]:
+    """Parse ``--rows`` (``3,17,42``): dataset rows, as the files' ``index`` and `cdae render`'s
+    grid name them, in the given order without repeats. Raises ConfigError naming the problem;
+    whether each row exists is checked against the dataset by the caller."""
+    from cdae.errors import ConfigError
+
+    hint = "give dataset rows as a comma list, e.g. --rows 3,17,42; `cdae render` shows them"
+    parts = [p.strip() for p in spec.split(",")]
+    if not all(parts):
+        raise ConfigError(f"--rows '{spec}' is malformed", hint=hint)
+    rows: list[int] = []
+    for part in parts:
+        try:
+            row = int(part)
+        except ValueError:
+            raise ConfigError(f"--rows: '{part}' is not a row number", hint=hint) from None
+        if row < 0:
+            raise ConfigError(f"--rows: row {row} is negative", hint=hint)
+        if row not in rows:
+            rows.append(row)
+    return rows
+
+
 def add_intervention(do: dict[str, float], name: str, value: str | float,
                      graph: CausalGraph) -> None:
     """Validate one (variable, value) pair and add it to ``do`` (in place)."""

@@ -46,7 +46,7 @@ import numpy as np
 
 from cdae import config as cfg
 from cdae.atomic import atomic_path
-from cdae.errors import InterventionError
+from cdae.errors import DataError, InterventionError
 from cdae.graph import CausalGraph
 from cdae.progress import Progress, log
 from cdae.shards import Shard, parse_shard, shard_attrs
@@ -92,8 +92,6 @@ def file_kind(attrs: Any, path: str | Path) -> FileKind:
     try:
         return FileKind(text)
     except ValueError:
-        from cdae.errors import DataError
-
         raise DataError(f"{path}: unknown counterfactual file kind '{text}'",
                         hint="re-run `cdae intervene`") from None
 
@@ -193,8 +191,6 @@ def range_notes(graph, do: dict[str, float], parents_cf: np.ndarray) -> list[str
 def check_compatible(engine, graph, where: str, model_path: Path,
                      image_shape: tuple[int, ...] | None = None) -> None:
     """DataError saying what differs when a checkpoint does not fit the graph or the images."""
-    from cdae.errors import DataError
-
     mine, theirs = engine.graph, graph
     if mine.structure() != theirs.structure():
         if mine.names != theirs.names:
@@ -227,11 +223,24 @@ class _Setup:
     files: contextlib.ExitStack  # keeps the dataset and latents files open: close when done
 
 
+def pick_rows(ds: "Dataset", rows: list[int], where: str) -> np.ndarray:
+    """The dataset rows ``rows`` (``--rows``) as an index array; DataError for a row the
+    dataset file ``where`` does not hold."""
+    n = int(ds.images.shape[0])
+    missing = [r for r in rows if r >= n]
+    if missing:
+        raise DataError(f"--rows: {where} holds no row {missing[0]} (rows 0..{n - 1})",
+                        hint="pick rows from the files' index or `cdae render`'s grid")
+    return np.asarray(rows, np.int64)
+
+
 def _setup(params: cfg.Params, label: str,
            validate: Callable[[CounterfactualEngine], list[str]], shard: str | None = None,
+           chosen: list[int] | None = None,
            **overrides: object) -> tuple[_Setup, list[str]]:
     """Load the model, ``validate(engine)`` the intervention (its warnings are returned), then
-    the data; check they fit; choose the rows and the x_T cache."""
+    the data; check they fit; choose the rows (``chosen`` dataset rows, else the split's
+    ``max_images``) and the x_T cache."""
     import torch
 
     from cdae.counterfactual import CounterfactualEngine
@@ -248,7 +257,8 @@ def _setup(params: cfg.Params, label: str,
         check_compatible(engine, ds.graph, str(params.paths.dataset), model_path,
                          ds.image_shape)
         part = parse_shard(shard)
-        rows_all = select(ds, ip.split, ip.max_images)
+        rows_all = (select(ds, ip.split, ip.max_images) if chosen is None
+                    else pick_rows(ds, chosen, str(params.paths.dataset)))
         shard_rows = part.rows(rows_all.size, ip.batch_size)
         rows = rows_all[shard_rows]
         cache = None
@@ -389,8 +399,10 @@ def run(params: cfg.Params, do: dict[str, float], *, name: str | None = None,
         steps: int | None = None, abduction: cfg.Abduction | None = None,
         parents_from: cfg.ParentsFrom | None = None,
         max_images: int | None = None, shard: str | None = None,
-        guidance_mode: cfg.GuidanceMode | None = None) -> dict[str, object]:
-    """Counterfactuals of the split's images under ``do`` ({variable: raw value}) -> one file.
+        guidance_mode: cfg.GuidanceMode | None = None,
+        rows: list[int] | None = None) -> dict[str, object]:
+    """Counterfactuals of the split's images (or the dataset ``rows``) under ``do``
+    ({variable: raw value}) -> one file.
 
     ``shard`` "i/n" (or the torchrun rank) does one contiguous run of whole batches and writes
     ``<name>.shard-i-of-n.h5``; ``cdae merge`` joins the shards into the unsharded file."""
@@ -408,7 +420,7 @@ def run(params: cfg.Params, do: dict[str, float], *, name: str | None = None,
 
     s, notes = _setup(params, f"intervene {name}", validate, shard, guidance=guidance,
                       steps=steps, abduction=abduction, parents_from=parents_from,
-                      max_images=max_images, guidance_mode=guidance_mode)
+                      max_images=max_images, guidance_mode=guidance_mode, chosen=rows)
     with s.files:  # the dataset (and latents) file, read batch by batch
         engine, ds, ip, rows = s.engine, s.ds, s.ip, s.rows
         target = s.shard.path(Path(out) if out
@@ -455,7 +467,8 @@ def run(params: cfg.Params, do: dict[str, float], *, name: str | None = None,
                         "unit": engine.graph.variable(n).unit}
                     for j, n in enumerate(engine.graph.names)},
         "examples": [{n: [round(float(pf[i, j]), 3), round(float(pcf[i, j]), 3)]
-                      for j, n in enumerate(engine.graph.names)} for i in range(min(5, rows.size))],
+                      for j, n in enumerate(engine.graph.names)} for i in range(min(8, rows.size))],
+        "example_rows": [int(r) for r in rows[:8]],  # the dataset rows of ``examples``
     }
     return summary
 
@@ -465,7 +478,8 @@ def run_sweep(params: cfg.Params, var: str, values: list[float], *, name: str | 
               steps: int | None = None, abduction: cfg.Abduction | None = None,
               parents_from: cfg.ParentsFrom | None = None,
               max_images: int | None = None, shard: str | None = None,
-              guidance_mode: cfg.GuidanceMode | None = None) -> dict[str, object]:
+              guidance_mode: cfg.GuidanceMode | None = None,
+        rows: list[int] | None = None) -> dict[str, object]:
     """Counterfactuals of the same images under do(var=v) for each of ``values`` (raw units).
 
     Abduction (the DDIM inversion) runs once per batch; action and prediction once per value.
@@ -496,7 +510,7 @@ def run_sweep(params: cfg.Params, var: str, values: list[float], *, name: str | 
     s, notes = _setup(params, f"sweep {name} over {len(values)} values of {var}", validate,
                       shard, guidance=guidance, steps=steps, abduction=abduction,
                       parents_from=parents_from, max_images=max_images,
-                      guidance_mode=guidance_mode)
+                      guidance_mode=guidance_mode, chosen=rows)
     with s.files:  # the dataset (and latents) file, read batch by batch
         engine, ds, ip, rows = s.engine, s.ds, s.ip, s.rows
         target = s.shard.path(Path(out) if out

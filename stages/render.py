@@ -38,12 +38,14 @@ MIN_CELL_W = 78  # px
 @dataclass
 class Column:
     """One column of a figure: images uint8 (N, C, H, W), their parents (N, K) in raw units,
-    the variables set by do (marked ``*``) and title lines."""
+    the variables set by do (marked ``*``), title lines and, for the factual column, the
+    images' dataset rows (N,) (written under them: what ``cdae intervene --rows`` takes)."""
 
     title: list[str]
     images: np.ndarray
     parents: np.ndarray
     marked: set[str] = field(default_factory=set)
+    rows: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,14 @@ def _fmt(ann: Annotation, values: np.ndarray, marked: set[str]) -> list[str]:
     return out
 
 
+def _lines(ann: Annotation, col: Column, i: int) -> list[str]:
+    """The text under image ``i`` of ``col``: its parents, then its dataset row if known."""
+    if np.isnan(col.parents[i]).all():
+        return ["(not in this file)"]
+    rows = [] if col.rows is None else [f"row {int(col.rows[i])}"]
+    return _fmt(ann, col.parents[i], col.marked) + rows
+
+
 def _legend(ann: Annotation) -> list[str]:
     short = short_names(ann.names)
     parts = [f"{short[n]} = {n}" + (f" [{u}]" if u else "") for n, u in zip(ann.names, ann.units)
@@ -121,11 +131,11 @@ def grid(columns: list[Column], rows: int, ann: Annotation) -> Image.Image:
     n = min(rows, min(c.images.shape[0] for c in columns))
     c, h, w = columns[0].images.shape[1:]
     texts = [t for col in columns for t in col.title]
-    texts += [t for col in columns for i in range(n)
-              for t in _fmt(ann, col.parents[i], col.marked)]
+    texts += [t for col in columns for i in range(n) for t in _lines(ann, col, i)]
     text_w = max((font.getlength(t) for t in texts), default=0.0)
     cell_w = int(max(w * SCALE, MIN_CELL_W, np.ceil(text_w) + 2 * PAD))
-    cell_h = h * SCALE + LINE_H * len(ann.names) + 6
+    lines = len(ann.names) + any(col.rows is not None for col in columns)
+    cell_h = h * SCALE + LINE_H * lines + 6
     head = TITLE_H * max(len(col.title) for col in columns) + PAD
     width = cell_w * len(columns)
     legend = _wrap(font, _legend(ann), width - 2 * PAD)
@@ -142,7 +152,7 @@ def grid(columns: list[Column], rows: int, ann: Annotation) -> Image.Image:
                                                               Image.NEAREST)
             x0, y0 = j * cell_w + (cell_w - w * SCALE) // 2, head + i * cell_h
             canvas.paste(tile, (x0, y0))
-            for t, text in enumerate(_fmt(ann, col.parents[i], col.marked)):
+            for t, text in enumerate(_lines(ann, col, i)):
                 draw.text((j * cell_w + PAD, y0 + h * SCALE + 2 + t * LINE_H), text,
                           fill="black", font=font)
     y_leg = head + cell_h * n + 2
@@ -203,7 +213,8 @@ def _traversal(path: Path, rows: int, graph: Any) -> tuple[str, Image.Image]:
             var = str(f.attrs["var"])
             values = f["values"][()]
             pos = spread(f["index"].shape[0], rows)
-            factual = Column(["factual"], f["factual"][pos], f["parents_factual"][pos])
+            factual = Column(["factual"], f["factual"][pos], f["parents_factual"][pos],
+                             rows=f["index"][pos])
             cf = f["counterfactual"][:, pos]
             pcf = f["parents_cf"][:, pos]
     except (OSError, KeyError) as err:
@@ -273,47 +284,63 @@ def run(params: cfg.Params, *, rows: int | None = None,
             "sweeps": [str(s) for s in sweep_files], "skipped": skipped}
 
 
+MISSING = 128  # grey: a cell whose file does not hold that image (its parents read "?")
+
+
 def _grid_columns(files: list[Path], rows: int,
                   graph: Any) -> tuple[list[Column], Annotation]:
     """The factual column, then one column per intervention file, for ``rows`` dataset rows
-    spread over those every file holds (files made with other --max-images hold other rows)."""
+    spread over those every file holds (files made with other --max-images hold other rows);
+    when no row is in every file (``cdae intervene --rows`` beside the pipeline's files), over
+    those any file holds, a file's missing images drawn grey."""
     import h5py
 
-    indices: list[np.ndarray] = []
+    from stages.intervene import default_name
+
+    held: list[dict[int, int]] = []  # per file: dataset row -> position in the file
     for path in files:
         try:
             with h5py.File(path, "r") as f:
-                indices.append(f["index"][()])
+                held.append({int(r): i for i, r in enumerate(f["index"][()])})
         except (OSError, KeyError) as err:
             raise _read_error(path, err) from None
-    common = set(indices[0].tolist()).intersection(*(set(i.tolist()) for i in indices[1:]))
-    held = [int(r) for r in indices[0] if int(r) in common]
-    shown = [held[i] for i in spread(len(held), rows)]
-    if not shown:
-        raise DataError(f"{files[0]} and the other files in {files[0].parent} hold no image in "
-                        "common", hint="re-run the intervene stages with the same split")
-    from stages.intervene import default_name
-
+    common = [r for r in held[0] if all(r in h for h in held[1:])]
+    candidates = common or sorted(set().union(*held))
+    shown = [candidates[i] for i in spread(len(candidates), rows)]
+    factual: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(shown)
     columns: list[Column] = []
     anns: list[Annotation] = []
-    for path, index in zip(files, indices):
-        at = {int(r): i for i, r in enumerate(index)}
-        pick = np.array([at[r] for r in shown])
+    for path, at in zip(files, held):
         try:
             with h5py.File(path, "r") as f:
                 anns.append(_annotation(f.attrs, graph))
                 do = json.loads(f.attrs["do"])
-                if not columns:
-                    columns.append(Column(["factual"], f["factual"][()][pick],
-                                          f["parents_factual"][()][pick]))
-                named = [] if path.stem == default_name(do) else [path.stem]  # not twice
-                columns.append(Column(named + _do_title(do),
-                                      f["counterfactual"][()][pick], f["parents_cf"][()][pick],
-                                      set(do)))
+                images, parents = f["counterfactual"][()], f["parents_cf"][()]
+                for k, r in enumerate(shown):
+                    if factual[k] is None and r in at:
+                        factual[k] = (f["factual"][at[r]], f["parents_factual"][at[r]])
         except (OSError, KeyError) as err:
             raise _read_error(path, err) from None
         if anns[-1].names != anns[0].names:
             raise DataError(f"{path}: holds variables {', '.join(anns[-1].names)}, "
                             f"{files[0]} holds {', '.join(anns[0].names)}",
                             hint="re-run the intervene stages with one model")
+        named = [] if path.stem == default_name(do) else [path.stem]  # not twice
+        columns.append(Column(named + _do_title(do), *_cells(images, parents, at, shown),
+                              set(do)))
+    pairs = [pair for pair in factual if pair is not None]  # every shown row is in some file
+    columns.insert(0, Column(["factual"], np.stack([a for a, _ in pairs]),
+                             np.stack([b for _, b in pairs]), rows=np.asarray(shown)))
     return columns, anns[0]
+
+
+def _cells(images: np.ndarray, parents: np.ndarray, at: dict[int, int],
+           shown: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """A file's images (N, C, H, W) and parents (N, K) at the dataset rows ``shown``: grey
+    images and NaN parents for the rows it does not hold."""
+    out = np.full((len(shown),) + images.shape[1:], MISSING, images.dtype)
+    par = np.full((len(shown), parents.shape[1]), np.nan, np.float32)
+    for k, r in enumerate(shown):
+        if r in at:
+            out[k], par[k] = images[at[r]], parents[at[r]]
+    return out, par

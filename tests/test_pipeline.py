@@ -453,6 +453,65 @@ def test_grid_titles_name_a_file_once(project: Path, tmp_path: Path) -> None:
                                           ["do(thickness=2)"]]
 
 
+def test_rows_answer_for_those_images_as_the_whole_run_does(project: Path,
+                                                            tmp_path: Path) -> None:
+    """`--rows` picks dataset rows in the given order, prints each image's parents, and its
+    counterfactuals are those the pipeline's run made of the same images (same cached x_t0)."""
+    with h5py.File(project / "data/counterfactuals/thickness_2.h5") as f:
+        index, whole = f["index"][()], f["counterfactual"][()]
+        whole_pc = f["parents_cf"][()]
+    rows = [int(index[-1]), int(index[0])]
+    out = tmp_path / "rows.h5"
+    r = run_cli(project, "intervene", "--name", "thickness_2", "--rows",
+                f"{rows[0]},{rows[1]},{rows[0]}", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert f"row {rows[0]}: thickness" in r.stdout and f"row {rows[1]}: thickness" in r.stdout
+    with h5py.File(out) as f:
+        assert f["index"][()].tolist() == rows  # in the given order, a repeat dropped
+        got, got_pc = f["counterfactual"][()], f["parents_cf"][()]
+    for k, pos in enumerate([len(index) - 1, 0]):
+        # another batch composition: float rounding may move a pixel by one level
+        assert np.abs(got[k].astype(int) - whole[pos]).max() <= 1
+        assert got_pc[k] == pytest.approx(whole_pc[pos], abs=1e-3)
+
+
+@pytest.mark.parametrize("rows, message", [
+    ("3,x", "--rows: 'x' is not a row number"),
+    ("3,,4", "--rows '3,,4' is malformed"),
+    ("-1", "--rows: row -1 is negative"),
+    ("99999", "--rows: data/dataset.h5 holds no row 99999 (rows 0..239)"),
+])
+def test_bad_rows_are_refused(project: Path, rows: str, message: str) -> None:
+    r = run_cli(project, "intervene", "--var", "thickness", "--value", "2", "--rows", rows,
+                "--out", "data/bad_rows.h5")
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith(
+        f"error: {message}"), r.stderr
+    assert not (project / "data/bad_rows.h5").exists()
+
+
+def test_grid_of_files_with_no_row_in_common(project: Path, tmp_path: Path) -> None:
+    """Files that share no image (a `--rows` run beside the pipeline's) still make one grid:
+    rows from any file, a file's missing images grey, the factual column naming each row."""
+    from cdae import config as cfg
+    from stages.render import MISSING, _grid_columns
+
+    whole = project / "data/counterfactuals/thickness_2.h5"
+    with h5py.File(whole) as f:
+        index = f["index"][()].tolist()
+    first, row = index[0], next(r for r in range(240) if r not in index)  # a train image
+    other = tmp_path / "other.h5"
+    r = run_cli(project, "intervene", "--var", "thickness", "--value", "3", "--rows", str(row),
+                "--out", str(other))
+    assert r.returncode == 0, r.stderr
+    columns, _ = _grid_columns([whole, other], 50, cfg.load(project / "params.yaml").graph)
+    shown = columns[0].rows.tolist()
+    assert row in shown and first in shown and shown == sorted(shown)
+    at = shown.index(row)
+    assert (columns[1].images[at] == MISSING).all() and np.isnan(columns[1].parents[at]).all()
+    assert not (columns[2].images[at] == MISSING).all()
+    assert (columns[2].images[shown.index(first)] == MISSING).all()
+
+
 class _Images(HTMLParser):
     def __init__(self) -> None:
         super().__init__()
