@@ -217,9 +217,11 @@ def _format_intervention(r: dict[str, Any]) -> str:
         lines.append(f"    {name:<{width}} {p['factual_mean']:9.3f} -> "
                      f"{p['counterfactual_mean']:9.3f}{unit}  ({tag})")
     if r["images"] <= len(r.get("example_rows", [])):  # a few images: each one's parents
-        lines.append("  per image, dataset row: factual -> counterfactual (* = set by do):")
+        lines.append("  per image: factual -> counterfactual (* = set by do):")
+        files = r.get("image_files", [])
         for row, ex in zip(r["example_rows"], r["examples"]):
-            lines.append(f"    row {row}: " + ", ".join(
+            label = files[-1 - row] if row < 0 else f"row {row}"
+            lines.append(f"    {label}: " + ", ".join(
                 f"{n} {_num(a, r['parents'][n])} -> {_num(b, r['parents'][n])}"
                 + ("*" if r["parents"][n]["intervened"] else "") for n, (a, b) in ex.items()))
     for w in r.get("warnings", []):
@@ -283,6 +285,9 @@ def intervene(params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt,
               abduction: Optional[Abduction] = typer.Option(None, help="invert, partial or noise"),
               parents_from: Optional[ParentsFrom] = typer.Option(None, help="labels or image"),
               max_images: Optional[int] = typer.Option(None, help="images of the split, 0 = all"),
+              image: list[Path] = typer.Option(
+                  [], "--image", help="an image file (PNG, JPEG) of the model's size instead of "
+                  "the dataset's images, repeatable; parents read from the image"),
               rows: Optional[str] = typer.Option(
                   None, "--rows", help="these dataset rows instead of the split's images, e.g. "
                   "3,17,42 (the rows `cdae render`'s grid shows); each image's parents are "
@@ -303,6 +308,7 @@ def intervene(params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt,
     cdae intervene --do thickness=3.5 --do intensity=150 --guidance 1 ;
     cdae intervene --name thickness_2  (as listed in params.yaml) ;
     cdae intervene --var thickness --value 2 --rows 3,17  (these dataset rows) ;
+    cdae intervene --var thickness --value 2 --image my_digit.png  (your own image) ;
     cdae intervene --var thickness --values 1.0:4.0:7  (a sweep -> sweep_thickness.h5;
     `cdae render` draws it as reports/figures/traversal_thickness.png) ;
     cdae intervene --var thickness --value 2 --shard 0/8  (one slice; `cdae merge` joins them)
@@ -312,10 +318,17 @@ def intervene(params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt,
         from cdae.errors import InterventionError
         from stages import intervene as stage
 
-        if rows is not None and max_images is not None:
-            raise InterventionError("--rows and --max-images both choose the images",
+        chosen_by = [flag for flag, given in (("--image", bool(image)),
+                                              ("--rows", rows is not None),
+                                              ("--max-images", max_images is not None),
+                                              ("--shard", shard is not None and bool(image)))
+                     if given]
+        if len(chosen_by) > 1:
+            raise InterventionError(f"{' and '.join(chosen_by)} both choose the images",
                                     hint="give one of them")
         chosen = parse_rows(rows) if rows is not None else None
+        files = [str(f) for f in image] or None
+        source = parents_from or (ParentsFrom.IMAGE if files else None)
         if skip_foreign and (name is None or var is not None or value is not None
                              or values is not None or do):
             raise InterventionError("--skip-foreign goes with --name alone",
@@ -335,9 +348,10 @@ def intervene(params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt,
             sweep = parse_values(values, var, p.graph)
             return stage.run_sweep(p, var, sweep, name=name, out=str(out) if out else None,
                                    strict=strict, guidance=guidance, steps=steps,
-                                   abduction=abduction, parents_from=parents_from,
+                                   abduction=abduction, parents_from=source,
                                    max_images=max_images, shard=shard,
-                                   guidance_mode=guidance_mode, rows=chosen)
+                                   guidance_mode=guidance_mode, rows=chosen,
+                         image_files=files)
         p = _params(params, profile, solver, spacing, device)
         items = list(do)
         if (var is None) != (value is None):
@@ -368,8 +382,9 @@ def intervene(params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt,
         parsed = parse_do(items, p.graph)
         return stage.run(p, parsed, name=run_name, out=str(out) if out else None, strict=strict,
                          guidance=guidance, steps=steps, abduction=abduction,
-                         parents_from=parents_from, max_images=max_images, shard=shard,
-                         guidance_mode=guidance_mode, rows=chosen)
+                         parents_from=source, max_images=max_images, shard=shard,
+                         guidance_mode=guidance_mode, rows=chosen,
+                         image_files=files)
 
     def text(r: dict[str, Any]) -> str:
         from stages.intervene import SKIPPED_ATTR, FileKind

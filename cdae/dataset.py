@@ -220,6 +220,36 @@ def validate(ds: Dataset, where: str) -> None:
                         hint="re-run prepare-data")
 
 
+def read_images(paths: list[str], image_shape: tuple[int, int, int]) -> np.ndarray:
+    """Image files (PNG, JPEG, ...) as uint8 (N, C, H, W) for a model of ``image_shape``
+    (C, H, W): converted to grayscale (C = 1) or RGB (C = 3), never resized. DataError naming
+    a missing or unreadable file, or one of another size."""
+    from PIL import Image
+
+    c, h, w = image_shape
+    mode = {1: "L", 3: "RGB"}.get(c)
+    if mode is None:
+        raise DataError(f"images of {c} channels cannot be read from image files",
+                        hint="image files give 1 (grayscale) or 3 (RGB) channels")
+    out = np.empty((len(paths), c, h, w), np.uint8)
+    for k, name in enumerate(paths):
+        path = Path(name)
+        if not path.is_file():
+            raise DataError(f"{path}: no such image file", hint="check the path")
+        try:
+            with Image.open(path) as im:
+                size = im.size
+                pixels = np.asarray(im.convert(mode), dtype=np.uint8)
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise DataError(f"{path}: cannot read the image ({' '.join(str(exc).split())})",
+                            hint="check the file is a valid PNG or JPEG") from exc
+        if size != (w, h):
+            raise DataError(f"{path}: the image is {size[0]}x{size[1]}, the model takes {w}x{h}",
+                            hint=f"resize it to {w}x{h} px")
+        out[k] = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+    return out
+
+
 class RowReader:
     """A row-indexed view of an image dataset (N, ...) in an open HDF5 file: ``reader[rows]``
     reads only those rows (any order, repeats allowed; a slice or one int works too), so a

@@ -2,7 +2,8 @@
 
 Output layout of one intervention (``cdae intervene --var/--do/--name``)::
 
-    /index            int64   (N,)          dataset rows
+    /index            int64   (N,)          dataset rows; -1 - k for the k-th ``--image``
+                                            file (attr ``image_files``: their paths, JSON)
     /factual          uint8   (N, C, H, W)
     /counterfactual   uint8   (N, C, H, W)
     /parents_factual  float32 (N, K)        raw units; what the model used as factual parents
@@ -221,6 +222,11 @@ class _Setup:
     shard: Shard
     shard_rows: slice  # this shard's positions among the selected rows of the split
     files: contextlib.ExitStack  # keeps the dataset and latents files open: close when done
+    external: np.ndarray | None = None  # (N, C, H, W) uint8 of --image files (rows -1, -2, ...)
+
+    def images(self, sel: np.ndarray) -> np.ndarray:
+        """uint8 (B, C, H, W) of rows ``sel``: dataset rows, or -1 - k for image file k."""
+        return self.ds.images[sel] if self.external is None else self.external[-1 - sel]
 
 
 def pick_rows(ds: "Dataset", rows: list[int], where: str) -> np.ndarray:
@@ -236,11 +242,12 @@ def pick_rows(ds: "Dataset", rows: list[int], where: str) -> np.ndarray:
 
 def _setup(params: cfg.Params, label: str,
            validate: Callable[[CounterfactualEngine], list[str]], shard: str | None = None,
-           chosen: list[int] | None = None,
+           chosen: list[int] | None = None, image_files: list[str] | None = None,
            **overrides: object) -> tuple[_Setup, list[str]]:
     """Load the model, ``validate(engine)`` the intervention (its warnings are returned), then
     the data; check they fit; choose the rows (``chosen`` dataset rows, else the split's
-    ``max_images``) and the x_T cache."""
+    ``max_images``; ``image_files``: those images instead, rows -1, -2, ..., parents from the
+    image) and the x_T cache."""
     import torch
 
     from cdae.counterfactual import CounterfactualEngine
@@ -257,12 +264,25 @@ def _setup(params: cfg.Params, label: str,
         check_compatible(engine, ds.graph, str(params.paths.dataset), model_path,
                          ds.image_shape)
         part = parse_shard(shard)
-        rows_all = (select(ds, ip.split, ip.max_images) if chosen is None
-                    else pick_rows(ds, chosen, str(params.paths.dataset)))
+        external = None
+        if image_files:
+            from cdae.errors import ConfigError
+            from cdae.dataset import read_images
+
+            if ip.parents_from is cfg.ParentsFrom.LABELS:
+                raise ConfigError("--image files carry no labels: their parents are read from "
+                                  "the image", hint="use --parents-from image")
+
+            external = read_images(image_files, ds.image_shape)
+            rows_all = -1 - np.arange(len(image_files), dtype=np.int64)
+        elif chosen is not None:
+            rows_all = pick_rows(ds, chosen, str(params.paths.dataset))
+        else:
+            rows_all = select(ds, ip.split, ip.max_images)
         shard_rows = part.rows(rows_all.size, ip.batch_size)
         rows = rows_all[shard_rows]
         cache = None
-        if ip.abduction in (cfg.Abduction.INVERT, cfg.Abduction.PARTIAL):
+        if external is None and ip.abduction in (cfg.Abduction.INVERT, cfg.Abduction.PARTIAL):
             cache = stack.enter_context(open_cached(
                 params.paths.latents, model_path, rows, ip.steps, ip.parents_from,
                 engine.inversion_iters, abduction=ip.abduction, t0=ip.t0,
@@ -279,7 +299,7 @@ def _setup(params: cfg.Params, label: str,
              f", shard {part}" if part.enabled else "")
     gen = torch.Generator(device=engine.device)
     return _Setup(engine, ds, ip, rows, cache, gen, params.seed, part, shard_rows,
-                  files), notes
+                  files, external), notes
 
 
 def _abduct_batch(s: _Setup, sel: np.ndarray, sl: slice,
@@ -291,7 +311,7 @@ def _abduct_batch(s: _Setup, sel: np.ndarray, sl: slice,
     from cdae.counterfactual import Factual, to_unit
 
     engine, ip = s.engine, s.ip
-    x = to_unit(s.ds.images[sel] if images is None else images).to(engine.device)
+    x = to_unit(s.images(sel) if images is None else images).to(engine.device)
     if s.cache is not None:
         dev = engine.device
         z = torch.as_tensor(s.cache["z"][sl], device=dev)
@@ -337,6 +357,7 @@ def _settings_attrs(s: _Setup, name: str, kind: FileKind) -> dict[str, object]:
             "parents_from": s.ip.parents_from.value, "model_step": s.engine.step}
 
 
+IMAGE_FILES_ATTR = "image_files"  # attr: the --image files of rows -1, -2, ... (JSON list)
 SKIPPED_ATTR = "skipped"  # attr of an intervention file with no rows: why it was skipped
 
 
@@ -400,7 +421,8 @@ def run(params: cfg.Params, do: dict[str, float], *, name: str | None = None,
         parents_from: cfg.ParentsFrom | None = None,
         max_images: int | None = None, shard: str | None = None,
         guidance_mode: cfg.GuidanceMode | None = None,
-        rows: list[int] | None = None) -> dict[str, object]:
+        rows: list[int] | None = None,
+        image_files: list[str] | None = None) -> dict[str, object]:
     """Counterfactuals of the split's images (or the dataset ``rows``) under ``do``
     ({variable: raw value}) -> one file.
 
@@ -420,7 +442,8 @@ def run(params: cfg.Params, do: dict[str, float], *, name: str | None = None,
 
     s, notes = _setup(params, f"intervene {name}", validate, shard, guidance=guidance,
                       steps=steps, abduction=abduction, parents_from=parents_from,
-                      max_images=max_images, guidance_mode=guidance_mode, chosen=rows)
+                      max_images=max_images, guidance_mode=guidance_mode, chosen=rows,
+                      image_files=image_files)
     with s.files:  # the dataset (and latents) file, read batch by batch
         engine, ds, ip, rows = s.engine, s.ds, s.ip, s.rows
         target = s.shard.path(Path(out) if out
@@ -439,13 +462,15 @@ def run(params: cfg.Params, do: dict[str, float], *, name: str | None = None,
             for lo in range(0, rows.size, ip.batch_size):
                 sel = rows[lo:lo + ip.batch_size]
                 sl = slice(lo, lo + sel.size)
-                dfa[sl] = images = ds.images[sel]
+                dfa[sl] = images = s.images(sel)
                 fact = _abduct_batch(s, sel, sl, images)
                 dcf[sl], dpc[sl] = _act_predict(s, fact, checked)
                 dpf[sl] = fact.parents.cpu().numpy()
                 bar.advance(sel.size)
             pf, pcf = dpf[()], dpc[()]
             f.attrs.update(_settings_attrs(s, name, FileKind.INTERVENTION))
+            if image_files:
+                f.attrs[IMAGE_FILES_ATTR] = json.dumps(image_files)
             off = conditional_support(ds, checked, pcf)
             f.attrs["do"] = json.dumps(checked)
             f.attrs.update(shard_attrs(s.shard, s.shard_rows, dict.fromkeys(
@@ -469,6 +494,7 @@ def run(params: cfg.Params, do: dict[str, float], *, name: str | None = None,
         "examples": [{n: [round(float(pf[i, j]), 3), round(float(pcf[i, j]), 3)]
                       for j, n in enumerate(engine.graph.names)} for i in range(min(8, rows.size))],
         "example_rows": [int(r) for r in rows[:8]],  # the dataset rows of ``examples``
+        "image_files": list(image_files or []),  # --image: row -1 - k is image file k
     }
     return summary
 
@@ -479,7 +505,8 @@ def run_sweep(params: cfg.Params, var: str, values: list[float], *, name: str | 
               parents_from: cfg.ParentsFrom | None = None,
               max_images: int | None = None, shard: str | None = None,
               guidance_mode: cfg.GuidanceMode | None = None,
-        rows: list[int] | None = None) -> dict[str, object]:
+        rows: list[int] | None = None,
+        image_files: list[str] | None = None) -> dict[str, object]:
     """Counterfactuals of the same images under do(var=v) for each of ``values`` (raw units).
 
     Abduction (the DDIM inversion) runs once per batch; action and prediction once per value.
@@ -510,7 +537,8 @@ def run_sweep(params: cfg.Params, var: str, values: list[float], *, name: str | 
     s, notes = _setup(params, f"sweep {name} over {len(values)} values of {var}", validate,
                       shard, guidance=guidance, steps=steps, abduction=abduction,
                       parents_from=parents_from, max_images=max_images,
-                      guidance_mode=guidance_mode, chosen=rows)
+                      guidance_mode=guidance_mode, chosen=rows,
+                      image_files=image_files)
     with s.files:  # the dataset (and latents) file, read batch by batch
         engine, ds, ip, rows = s.engine, s.ds, s.ip, s.rows
         target = s.shard.path(Path(out) if out
@@ -531,7 +559,7 @@ def run_sweep(params: cfg.Params, var: str, values: list[float], *, name: str | 
             for lo in range(0, rows.size, ip.batch_size):
                 sel = rows[lo:lo + ip.batch_size]
                 sl = slice(lo, lo + sel.size)
-                dfa[sl] = images = ds.images[sel]
+                dfa[sl] = images = s.images(sel)
                 fact = _abduct_batch(s, sel, sl, images)  # once for every value
                 dpf[sl] = fact.parents.cpu().numpy()
                 for i, one in enumerate(dos):
@@ -539,6 +567,8 @@ def run_sweep(params: cfg.Params, var: str, values: list[float], *, name: str | 
                     bar.advance(sel.size)
             pf, pcf = dpf[()], dpc[()]
             f.attrs.update(_settings_attrs(s, name, FileKind.SWEEP))
+            if image_files:
+                f.attrs[IMAGE_FILES_ATTR] = json.dumps(image_files)
             off = [conditional_support(ds, one, pcf[i]).get(var, 0.0)
                    for i, one in enumerate(dos)]
             f.attrs["var"] = var

@@ -38,14 +38,14 @@ MIN_CELL_W = 78  # px
 @dataclass
 class Column:
     """One column of a figure: images uint8 (N, C, H, W), their parents (N, K) in raw units,
-    the variables set by do (marked ``*``), title lines and, for the factual column, the
-    images' dataset rows (N,) (written under them: what ``cdae intervene --rows`` takes)."""
+    the variables set by do (marked ``*``), title lines and, for the factual column, a line
+    naming each image (``row 17``: what ``cdae intervene --rows`` takes, or an --image file)."""
 
     title: list[str]
     images: np.ndarray
     parents: np.ndarray
     marked: set[str] = field(default_factory=set)
-    rows: np.ndarray | None = None
+    labels: list[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -97,11 +97,11 @@ def _fmt(ann: Annotation, values: np.ndarray, marked: set[str]) -> list[str]:
 
 
 def _lines(ann: Annotation, col: Column, i: int) -> list[str]:
-    """The text under image ``i`` of ``col``: its parents, then its dataset row if known."""
+    """The text under image ``i`` of ``col``: its parents, then its name if known."""
     if np.isnan(col.parents[i]).all():
         return ["(not in this file)"]
-    rows = [] if col.rows is None else [f"row {int(col.rows[i])}"]
-    return _fmt(ann, col.parents[i], col.marked) + rows
+    return _fmt(ann, col.parents[i], col.marked) + ([] if col.labels is None
+                                                    else [col.labels[i]])
 
 
 def _legend(ann: Annotation) -> list[str]:
@@ -134,7 +134,7 @@ def grid(columns: list[Column], rows: int, ann: Annotation) -> Image.Image:
     texts += [t for col in columns for i in range(n) for t in _lines(ann, col, i)]
     text_w = max((font.getlength(t) for t in texts), default=0.0)
     cell_w = int(max(w * SCALE, MIN_CELL_W, np.ceil(text_w) + 2 * PAD))
-    lines = len(ann.names) + any(col.rows is not None for col in columns)
+    lines = len(ann.names) + any(col.labels is not None for col in columns)
     cell_h = h * SCALE + LINE_H * lines + 6
     head = TITLE_H * max(len(col.title) for col in columns) + PAD
     width = cell_w * len(columns)
@@ -214,7 +214,7 @@ def _traversal(path: Path, rows: int, graph: Any) -> tuple[str, Image.Image]:
             values = f["values"][()]
             pos = spread(f["index"].shape[0], rows)
             factual = Column(["factual"], f["factual"][pos], f["parents_factual"][pos],
-                             rows=f["index"][pos])
+                             labels=[_label(k) for k in _keys(f)[pos]])
             cf = f["counterfactual"][:, pos]
             pcf = f["parents_cf"][:, pos]
     except (OSError, KeyError) as err:
@@ -297,15 +297,15 @@ def _grid_columns(files: list[Path], rows: int,
 
     from stages.intervene import default_name
 
-    held: list[dict[int, int]] = []  # per file: dataset row -> position in the file
+    held: list[dict[int | str, int]] = []  # per file: image key -> position in the file
     for path in files:
         try:
             with h5py.File(path, "r") as f:
-                held.append({int(r): i for i, r in enumerate(f["index"][()])})
-        except (OSError, KeyError) as err:
+                held.append({k: i for i, k in enumerate(_keys(f))})
+        except (OSError, KeyError, ValueError) as err:
             raise _read_error(path, err) from None
     common = [r for r in held[0] if all(r in h for h in held[1:])]
-    candidates = common or sorted(set().union(*held))
+    candidates = common or sorted(set().union(*held), key=lambda k: (isinstance(k, str), k))
     shown = [candidates[i] for i in spread(len(candidates), rows)]
     factual: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(shown)
     columns: list[Column] = []
@@ -330,14 +330,29 @@ def _grid_columns(files: list[Path], rows: int,
                               set(do)))
     pairs = [pair for pair in factual if pair is not None]  # every shown row is in some file
     columns.insert(0, Column(["factual"], np.stack([a for a, _ in pairs]),
-                             np.stack([b for _, b in pairs]), rows=np.asarray(shown)))
+                             np.stack([b for _, b in pairs]), labels=[_label(k) for k in shown]))
     return columns, anns[0]
 
 
-def _cells(images: np.ndarray, parents: np.ndarray, at: dict[int, int],
-           shown: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """A file's images (N, C, H, W) and parents (N, K) at the dataset rows ``shown``: grey
-    images and NaN parents for the rows it does not hold."""
+def _keys(f: Any) -> np.ndarray:
+    """Each image's key in an intervene file: its dataset row, or for an ``--image`` file (row
+    -1 - k) that file's path, so two files share a key only when they hold the same image."""
+    from stages.intervene import IMAGE_FILES_ATTR
+
+    rows = f["index"][()]
+    files = json.loads(f.attrs.get(IMAGE_FILES_ATTR, "[]"))
+    return np.array([files[-1 - int(r)] if r < 0 else int(r) for r in rows], dtype=object)
+
+
+def _label(key: int | str) -> str:
+    """The line naming an image under the factual column."""
+    return Path(key).name if isinstance(key, str) else f"row {key}"
+
+
+def _cells(images: np.ndarray, parents: np.ndarray, at: dict[int | str, int],
+           shown: list[int | str]) -> tuple[np.ndarray, np.ndarray]:
+    """A file's images (N, C, H, W) and parents (N, K) at the image keys ``shown`` (see
+    :func:`_keys`): grey images and NaN parents for the images it does not hold."""
     out = np.full((len(shown),) + images.shape[1:], MISSING, images.dtype)
     par = np.full((len(shown), parents.shape[1]), np.nan, np.float32)
     for k, r in enumerate(shown):

@@ -66,6 +66,8 @@ def assert_one_line_error(result, *fragments: str) -> None:
     (["--values", "1:4:7"], ["--values needs --var"]),
     (["--var", "thickness", "--value", "2", "--rows", "3", "--max-images", "4"],
      ["--rows and --max-images both choose the images"]),
+    (["--var", "thickness", "--value", "2", "--image", "a.png", "--rows", "3"],
+     ["--image and --rows both choose the images"]),
     (["--var", "colour", "--values", "1:4:7"], ["unknown variable 'colour'"]),
     (["--var", "digit", "--values", "0:9:3"], ["'4.5' for 'digit' is not one of its classes"]),
     (["--var", "thickness", "--value", "2", "--guidance", "inf"],

@@ -504,12 +504,42 @@ def test_grid_of_files_with_no_row_in_common(project: Path, tmp_path: Path) -> N
                 "--out", str(other))
     assert r.returncode == 0, r.stderr
     columns, _ = _grid_columns([whole, other], 50, cfg.load(project / "params.yaml").graph)
-    shown = columns[0].rows.tolist()
-    assert row in shown and first in shown and shown == sorted(shown)
-    at = shown.index(row)
+    shown = columns[0].labels
+    assert f"row {row}" in shown and f"row {first}" in shown
+    at = shown.index(f"row {row}")
     assert (columns[1].images[at] == MISSING).all() and np.isnan(columns[1].parents[at]).all()
     assert not (columns[2].images[at] == MISSING).all()
-    assert (columns[2].images[shown.index(first)] == MISSING).all()
+    assert (columns[2].images[shown.index(f"row {first}")] == MISSING).all()
+
+
+def test_image_files_answer_as_their_dataset_rows_do(project: Path, tmp_path: Path) -> None:
+    """`--image` abducts a PNG as intervene abducts the same dataset image with its parents
+    read from the image; the grid names it by its file."""
+    from PIL import Image
+
+    from cdae import config as cfg
+    from stages.render import _grid_columns
+
+    with h5py.File(project / "data/dataset.h5") as f:
+        row = int(np.flatnonzero(f["split"][()] == 1)[0])
+        Image.fromarray(f["images"][row, 0]).save(tmp_path / "digit.png")
+    common = ["--name", "thickness_2", "--parents-from", "image"]
+    a = run_cli(project, "intervene", *common, "--image", str(tmp_path / "digit.png"),
+                "--out", str(tmp_path / "file.h5"))
+    b = run_cli(project, "intervene", *common, "--rows", str(row), "--out",
+                str(tmp_path / "row.h5"))
+    assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
+    assert f"{tmp_path / 'digit.png'}: thickness" in a.stdout
+    with h5py.File(tmp_path / "file.h5") as fa, h5py.File(tmp_path / "row.h5") as fb:
+        assert fa["index"][()].tolist() == [-1]
+        for key in ("factual", "counterfactual", "parents_factual", "parents_cf"):
+            assert np.array_equal(fa[key][()], fb[key][()]), key
+    columns, _ = _grid_columns([tmp_path / "file.h5", tmp_path / "row.h5"], 8,
+                               cfg.load(project / "params.yaml").graph)
+    assert columns[0].labels == [f"row {row}", "digit.png"]
+    r = run_cli(project, "intervene", "--name", "thickness_2", "--image",
+                str(tmp_path / "digit.png"), "--parents-from", "labels")
+    assert r.returncode == 2 and "--image files carry no labels" in r.stderr
 
 
 class _Images(HTMLParser):
