@@ -321,6 +321,7 @@ def intervene(params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt,
         chosen_by = [flag for flag, given in (("--image", bool(image)),
                                               ("--rows", rows is not None),
                                               ("--max-images", max_images is not None),
+                                              # image files are few: no shards of them
                                               ("--shard", shard is not None and bool(image)))
                      if given]
         if len(chosen_by) > 1:
@@ -351,7 +352,7 @@ def intervene(params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt,
                                    abduction=abduction, parents_from=source,
                                    max_images=max_images, shard=shard,
                                    guidance_mode=guidance_mode, rows=chosen,
-                         image_files=files)
+                                   image_files=files)
         p = _params(params, profile, solver, spacing, device)
         items = list(do)
         if (var is None) != (value is None):

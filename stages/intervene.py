@@ -266,13 +266,12 @@ def _setup(params: cfg.Params, label: str,
         part = parse_shard(shard)
         external = None
         if image_files:
-            from cdae.errors import ConfigError
             from cdae.dataset import read_images
+            from cdae.errors import ConfigError
 
             if ip.parents_from is cfg.ParentsFrom.LABELS:
                 raise ConfigError("--image files carry no labels: their parents are read from "
                                   "the image", hint="use --parents-from image")
-
             external = read_images(image_files, ds.image_shape)
             rows_all = -1 - np.arange(len(image_files), dtype=np.int64)
         elif chosen is not None:
@@ -423,8 +422,8 @@ def run(params: cfg.Params, do: dict[str, float], *, name: str | None = None,
         guidance_mode: cfg.GuidanceMode | None = None,
         rows: list[int] | None = None,
         image_files: list[str] | None = None) -> dict[str, object]:
-    """Counterfactuals of the split's images (or the dataset ``rows``) under ``do``
-    ({variable: raw value}) -> one file.
+    """Counterfactuals of the split's images (or the dataset ``rows``, or the image files
+    ``image_files``) under ``do`` ({variable: raw value}) -> one file.
 
     ``shard`` "i/n" (or the torchrun rank) does one contiguous run of whole batches and writes
     ``<name>.shard-i-of-n.h5``; ``cdae merge`` joins the shards into the unsharded file."""

@@ -284,7 +284,7 @@ def run(params: cfg.Params, *, rows: int | None = None,
             "sweeps": [str(s) for s in sweep_files], "skipped": skipped}
 
 
-MISSING = 128  # grey: a cell whose file does not hold that image (its parents read "?")
+MISSING = 128  # grey: a cell whose file does not hold that image ("(not in this file)")
 
 
 def _grid_columns(files: list[Path], rows: int,
