@@ -187,6 +187,31 @@ def test_atomic_path_refuses_a_folder_that_takes_no_files() -> None:
             tmp.write_bytes(b"data")
 
 
+def test_read_images_converts_modes_and_refuses_other_sizes(tmp_path: Path) -> None:
+    """`--image` files: RGBA or palette PNGs become the model's grayscale or RGB, pixel for
+    pixel; another size, a missing or a non-image file is a DataError naming the file."""
+    from PIL import Image
+
+    from cdae.dataset import read_images
+
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (8, 6, 3), dtype=np.uint8)  # H x W x C
+    Image.fromarray(rgb).convert("RGBA").save(tmp_path / "a.png")
+    Image.fromarray(rgb[..., 0]).convert("P").save(tmp_path / "p.png")
+    got = read_images([str(tmp_path / "a.png")], (3, 8, 6))
+    assert got.shape == (1, 3, 8, 6) and np.array_equal(got[0], rgb.transpose(2, 0, 1))
+    gray = read_images([str(tmp_path / "p.png"), str(tmp_path / "a.png")], (1, 8, 6))
+    assert np.array_equal(gray[0, 0], rgb[..., 0])
+    assert np.array_equal(gray[1, 0], np.asarray(Image.fromarray(rgb).convert("L")))
+    with pytest.raises(DataError, match=r"a.png: the image is 6x8, the model takes 8x8"):
+        read_images([str(tmp_path / "a.png")], (3, 8, 8))
+    with pytest.raises(DataError, match="no such image file"):
+        read_images([str(tmp_path / "none.png")], (1, 8, 6))
+    (tmp_path / "t.png").write_text("not an image")
+    with pytest.raises(DataError, match="t.png: cannot read the image"):
+        read_images([str(tmp_path / "t.png")], (1, 8, 6))
+
+
 def test_checkpoint_from_a_newer_cdae_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "new.pt"
     torch.save({"format": "cdae-checkpoint", "schema_version": 99, "params": {}}, path)
