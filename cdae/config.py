@@ -191,6 +191,39 @@ GROUP_CHANNELS = _check(_group_channels, "must be a positive multiple of 8 (Grou
                         "groups), e.g. 8, 16, 24, 32")
 
 
+class Compare(str, enum.Enum):
+    """How a floor bounds a metric."""
+
+    AT_MOST = "<="
+    AT_LEAST = ">="
+
+
+@dataclass(frozen=True)
+class Floor:
+    """A target for one scorecard number, written ``<= 0.2`` or ``>= 0.98`` in params."""
+
+    compare: Compare
+    bound: float
+
+    @classmethod
+    def parse(cls, text: str) -> "Floor":
+        """``"<= 0.2"`` -> Floor(AT_MOST, 0.2); ValueError for anything else."""
+        t = str(text).strip()
+        for c in Compare:
+            if t.startswith(c.value):
+                bound = float(t[len(c.value):])  # ValueError for a non-number
+                if not math.isfinite(bound):
+                    raise ValueError(f"bound {bound} is not finite")
+                return cls(c, bound)
+        raise ValueError("it does not start with <= or >=")
+
+    def met(self, value: float) -> bool:
+        return value <= self.bound if self.compare is Compare.AT_MOST else value >= self.bound
+
+    def __str__(self) -> str:
+        return f"{self.compare.value} {self.bound:g}"
+
+
 @dataclass(frozen=True)
 class PathsParams:
     """Where each stage writes; dvc.yaml reads the same keys."""
@@ -344,6 +377,11 @@ class EvaluateParams:
     sweep_guidance: tuple[float, ...] = (0.0, 0.1, 0.2, 0.4)
     sweep_steps: tuple[int, ...] = (10, 15, 20, 50)
     sweep_images: int = field(default=8, metadata=POSITIVE)  # images of the curves
+    # targets, ROW.METRIC of metrics.json -> "<= 0.2" / ">= 0.98": evaluation.md says which hold
+    floors: Mapping[str, str] = field(default_factory=dict)
+
+    def parsed_floors(self) -> dict[str, Floor]:
+        return {k: Floor.parse(v) for k, v in self.floors.items()}
 
 
 @dataclass(frozen=True)
@@ -458,9 +496,9 @@ def _build(cls: type, raw: Any, key: str) -> Any:
 
 
 #: keys whose profile value replaces the base value whole instead of being merged into it: a
-#: graph, a set of interventions and the per-variable mechanism kinds (named after one graph's
-#: variables) are units (merging two graphs' edges makes no sense)
-_REPLACED_WHOLE = frozenset({"graph", "interventions", "mechanisms"})
+#: graph, a set of interventions, the per-variable mechanism kinds and the scorecard's floors
+#: (named after one graph's variables) are units (merging two graphs' edges makes no sense)
+_REPLACED_WHOLE = frozenset({"graph", "interventions", "mechanisms", "floors"})
 
 
 def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -523,6 +561,15 @@ def resolve(raw: Mapping[str, Any], profile: str | None = None) -> Params:
     if any(s <= 0 for s in ep.sweep_steps):
         raise ConfigError(f"evaluate.sweep_steps: {list(ep.sweep_steps)}: every step count must "
                           "be > 0", hint="e.g. [10, 20, 50, 100]")
+    for key, text in ep.floors.items():
+        if "." not in key:
+            raise ConfigError(f"evaluate.floors.{key}: name a number of metrics.json as "
+                              "ROW.METRIC", hint="e.g. do_thickness.thickness_mae: '<= 0.2'")
+        try:
+            Floor.parse(text)
+        except ValueError as err:
+            raise ConfigError(f"evaluate.floors.{key}: {text!r} is not a floor ({err})",
+                              hint="write '<= 0.2' or '>= 0.98'") from None
     if any(not g >= 0 for g in ep.sweep_guidance):
         raise ConfigError(f"evaluate.sweep_guidance: {list(ep.sweep_guidance)}: every guidance "
                           "scale must be >= 0", hint="e.g. [0, 1, 2]")

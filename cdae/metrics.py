@@ -8,9 +8,14 @@ Everything here is numpy (DCI uses scikit-learn) and knows nothing of models or 
 from __future__ import annotations
 
 import enum
-from typing import Callable, Mapping, Sequence
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from cdae.config import Floor
 
 
 def _finite_differences(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -358,4 +363,30 @@ def mean_std(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:
         out[key] = float(finite.mean()) if finite.size else float("nan")
         if len(rows) > 1:
             out[f"{key}_std"] = float(finite.std(ddof=1)) if finite.size > 1 else float("nan")
+    return out
+
+
+@dataclass(frozen=True)
+class FloorCheck:
+    """One target of ``evaluate.floors`` against the scorecard."""
+
+    metric: str  # ROW.METRIC of metrics.json
+    floor: Floor
+    value: float | None  # None: the scorecard has no finite number there
+
+    @property
+    def met(self) -> bool:
+        return self.value is not None and self.floor.met(self.value)
+
+
+def check_floors(results: Mapping[str, Any], floors: Mapping[str, Floor]) -> list[FloorCheck]:
+    """Each floor ``ROW.METRIC -> Floor`` read off ``results`` (metrics.json's nesting); a
+    missing or non-finite number is not met."""
+    out = []
+    for key, floor in floors.items():
+        row, _, metric = key.partition(".")
+        group = results.get(row)
+        v = group.get(metric) if isinstance(group, Mapping) else None
+        finite = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        out.append(FloorCheck(key, floor, float(v) if finite else None))  # type: ignore[arg-type]
     return out

@@ -35,15 +35,15 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
 from cdae import config as cfg
 from cdae.atomic import write_text
-from cdae.metrics import (Phase, Protocol, accuracy, bias, cycles, dci, draw_values,
-                          frechet_distance, l1, mae, mean_std, off_support, psnr, random_masks,
-                          variable_ranks)
+from cdae.metrics import (FloorCheck, Phase, Protocol, accuracy, bias, check_floors, cycles,
+                          dci, draw_values, frechet_distance, l1, mae, mean_std, off_support,
+                          psnr, random_masks, variable_ranks)
 from cdae.progress import Progress, log
 from stages.report import Baseline
 from stages.train_predictors import PREDICTORS_FILE
@@ -792,6 +792,16 @@ def run(params: cfg.Params) -> dict[str, object]:
                            ctx.n * decodes / max(timings.get("decode_seconds", 0.0), 1e-9), 2),
                        "device": str(engine.device),
                        "threads": torch.get_num_threads()}
+    checks = check_floors(results, ep.parsed_floors())
+    if checks:
+        results["floors"] = {"met": sum(c.met for c in checks), "of": len(checks)}
+        for c in checks:
+            if c.value is None:
+                log.warning("evaluate.floors.%s: the scorecard has no such number (not met)",
+                            c.metric)
+        log.info("evaluate: %d of %d floors met%s", results["floors"]["met"], len(checks),
+                 "; missed: " + ", ".join(c.metric for c in checks if not c.met)
+                 if not all(c.met for c in checks) else "")
     text = json.dumps(results, indent=2, sort_keys=True, default=float)
     write_text(params.paths.metrics, text + "\n")
     write_outputs(params, results, scatter)
@@ -1009,7 +1019,8 @@ def write_outputs(params: cfg.Params, results: Mapping[str, object],
         with atomic_path(png_dir / "train_loss.png") as tmp:
             loss_chart(read_train_log(log_path)).save(tmp, format="PNG")
         pngs.insert(0, "train_loss.png")
-    write_text(root / EVALUATION_MD, evaluation_markdown(results, pngs, params.graph))
+    write_text(root / EVALUATION_MD, evaluation_markdown(
+        results, pngs, params.graph, check_floors(results, params.evaluate.parsed_floors())))
 
 
 def _fmt(row: Mapping[str, object], metric: str) -> str:
@@ -1028,8 +1039,10 @@ def _md(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def evaluation_markdown(results: Mapping[str, object], pngs: list[str], graph) -> str:
-    """reports/evaluation.md: the scorecard as tables, the plots, what each number means."""
+def evaluation_markdown(results: Mapping[str, object], pngs: list[str], graph,
+                        floors: Sequence[FloorCheck] = ()) -> str:
+    """reports/evaluation.md: the scorecard as tables (the ``floors`` first), the plots, what
+    each number means."""
     from stages.report import glance_rows, metric_meaning
 
     units = {v.name: v.unit for v in graph.variables}
@@ -1043,6 +1056,16 @@ def evaluation_markdown(results: Mapping[str, object], pngs: list[str], graph) -
              f"{setup.get('seeds')}: each cell is the mean ± the standard deviation over the "
              f"seeds' intervention draws. Attributes {setup.get('attributes')}; predicted by "
              f"{setup.get('predicted')}.", ""]
+    if floors:
+        lines += ["## Floors", "",
+                  f"{sum(c.met for c in floors)} of {len(floors)} targets of `evaluate.floors` "
+                  "met (mean over the seeds' draws).", "",
+                  "| metric | floor | model | met |", "|---|---|---|---|"]
+        for c in floors:
+            value = "no such number" if c.value is None else f"{c.value:.3g}"
+            lines.append(f"| `{c.metric}` | {_md(str(c.floor))} | {value} | "
+                         f"{'yes' if c.met else '**no**'} |")
+        lines.append("")
     glance = glance_rows(results, graph)
     if glance:
         lines += ["## At a glance", "",

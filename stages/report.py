@@ -54,6 +54,8 @@ NOT_RESULTS = ("setup", "cost")  # metrics.json keys that hold no metric rows
 
 _PIXEL_L1 = "mean absolute pixel difference (0..255)"
 _FIXED_MEANINGS = {
+    "met": "floors (evaluate.floors) the scorecard meets",
+    "of": "floors checked",
     "l1_to_true_counterfactual": f"{_PIXEL_L1} to the true SCM's counterfactual image; "
                                  "lower is better",
     "psnr_to_true_counterfactual": "PSNR in dB (peak 255) against the true SCM's counterfactual "
@@ -205,7 +207,9 @@ def group_meaning(key: str) -> str:
                 f"variables, each set to {how}{beside}")
     return {"cycles": "composition and reversibility chains (full abduct-act-predict per step)",
             "dci": "disentanglement, completeness, informativeness of the encoder's z",
-            "predictors": "the anti-causal predictors' own test errors"}.get(key, "")
+            "predictors": "the anti-causal predictors' own test errors",
+            "floors": "the targets of evaluate.floors: how many the scorecard meets "
+                      "(evaluation.md lists each)"}.get(key, "")
 
 
 @dataclass

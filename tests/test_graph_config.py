@@ -118,6 +118,13 @@ def test_params_file_loads_with_every_profile() -> None:
     (("intervene", "t0"), 1000, "intervene.t0: 1000 must be below diffusion.timesteps (1000)"),
     (("evaluate", "sweep_steps"), [10, 0], "evaluate.sweep_steps: [10, 0]: every step count"),
     (("evaluate", "sweep_guidance"), [1, -1], "evaluate.sweep_guidance: [1.0, -1.0]: every"),
+    (("evaluate", "floors"), {"do_thickness.thickness_mae": "< 0.2"},
+     "evaluate.floors.do_thickness.thickness_mae: '< 0.2' is not a floor"),
+    (("evaluate", "floors"), {"cycles.composition_l1_1": "<= lots"},
+     "evaluate.floors.cycles.composition_l1_1: '<= lots' is not a floor"),
+    (("evaluate", "floors"), {"thickness_mae": "<= 0.2"},
+     "evaluate.floors.thickness_mae: name a number of metrics.json as ROW.METRIC"),
+    (("evaluate", "floors"), ["<= 0.2"], "evaluate.floors: expected a mapping"),
 ])
 def test_bad_params_name_the_key(path, value, fragment) -> None:
     raw = base_raw()
@@ -175,8 +182,9 @@ def test_any_params_value_is_accepted_or_named(path, value) -> None:
 
 def test_a_key_left_out_means_the_shipped_value() -> None:
     """The dataclasses' defaults are params.yaml's base values: a params file with the graph
-    alone resolves to the shipped settings (bar the example interventions), so leaving a key out
-    can never select a setting the README does not document."""
+    alone resolves to the shipped settings (bar the example interventions and the floors, both
+    named after the shipped graph's variables), so leaving a key out can never select a setting
+    the README does not document."""
     raw = base_raw()
     full = config.resolve(raw)
     minimal = config.resolve({"graph": raw["graph"]})
@@ -184,4 +192,6 @@ def test_a_key_left_out_means_the_shipped_value() -> None:
         want, got = getattr(full, section.name), getattr(minimal, section.name)
         if section.name == "intervene":
             want = dataclasses.replace(want, interventions={})
+        if section.name == "evaluate":
+            want = dataclasses.replace(want, floors={})
         assert got == want, section.name

@@ -380,3 +380,22 @@ def test_glance_rows_follow_the_graph() -> None:
     assert "| do(b): c follows through the mechanisms | `do_b.c_mae` | 2 | 50 | – |" in md
     page = _glance_html(results, g)  # report.html's headline: the same rows
     assert page.count("<tr>") == 1 + len(rows) and "do(k): digit" not in page
+
+
+def test_floors_read_the_scorecard_and_count_a_missing_number_as_missed() -> None:
+    from cdae.config import Compare, Floor
+    from cdae.metrics import check_floors
+
+    floors = {"do_t.mae": Floor.parse("<= 0.2"), "do_t.kept": Floor.parse(">=0.98"),
+              "do_t.nan": Floor.parse("<= 1"), "cycles.l1_1": Floor.parse("<= 3"),
+              "nowhere.mae": Floor.parse("<= 1"), "do_t.flag": Floor.parse(">= 0")}
+    assert floors["do_t.kept"] == Floor(Compare.AT_LEAST, 0.98)
+    results = {"do_t": {"mae": 0.2, "kept": 0.979, "nan": float("nan"), "flag": True},
+               "cycles": {"l1_1": 5.19}}
+    got = {c.metric: (c.value, c.met) for c in check_floors(results, floors)}
+    assert got == {"do_t.mae": (0.2, True), "do_t.kept": (0.979, False),
+                   "do_t.nan": (None, False), "cycles.l1_1": (5.19, False),
+                   "nowhere.mae": (None, False), "do_t.flag": (None, False)}
+    for bad in ("< 0.2", "<= x", "0.2", ">= inf"):
+        with pytest.raises(ValueError):
+            Floor.parse(bad)

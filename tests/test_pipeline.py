@@ -175,6 +175,19 @@ def check_scorecard(project: Path, metrics: dict) -> None:
     assert setup["images"] == ep["max_images"] and setup["ddim_steps"] == ep["steps"]
     assert len(setup["seeds"]) == ep["seeds"] and setup["prediction"] == "eps"
     md = (project / "reports/evaluation.md").read_text()
+    # the floors of params.yaml (the tiny profile keeps the base ones), each read and counted
+    floors = yaml.safe_load((project / "params.yaml").read_text())["evaluate"]["floors"]
+    met = 0
+    for key, floor in floors.items():
+        row, metric = key.split(".", 1)
+        value, bound = metrics[row].get(metric), float(floor[2:])
+        if value is None:  # cycles.composition_l1_10: the tiny profile's chain is 3 steps long
+            assert f"| `{key}` | {floor[:2]} {bound:g} | no such number | **no** |" in md
+            continue
+        ok = value <= bound if floor.startswith("<=") else value >= bound
+        met += ok
+        assert f"| `{key}` | {floor[:2]} {bound:g} | {value:.3g} | {'yes' if ok else '**no**'} |" in md
+    assert metrics["floors"] == {"met": met, "of": len(floors)} and len(floors) == 9
     pngs = sorted((project / "reports/evaluation/png").glob("*.png"))
     assert "train_loss.png" in {p.name for p in pngs} and "do_thickness.png" in {p.name for p in pngs}
     for png in pngs:
