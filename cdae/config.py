@@ -380,9 +380,6 @@ class EvaluateParams:
     # targets, ROW.METRIC of metrics.json -> "<= 0.2" / ">= 0.98": evaluation.md says which hold
     floors: Mapping[str, str] = field(default_factory=dict)
 
-    def parsed_floors(self) -> dict[str, Floor]:
-        return {k: Floor.parse(v) for k, v in self.floors.items()}
-
 
 @dataclass(frozen=True)
 class PredictorParams:

@@ -379,11 +379,15 @@ class FloorCheck:
         return self.value is not None and self.floor.met(self.value)
 
 
-def check_floors(results: Mapping[str, Any], floors: Mapping[str, Floor]) -> list[FloorCheck]:
-    """Each floor ``ROW.METRIC -> Floor`` read off ``results`` (metrics.json's nesting); a
-    missing or non-finite number is not met."""
+def check_floors(results: Mapping[str, Any],
+                 floors: Mapping[str, str | Floor]) -> list[FloorCheck]:
+    """Each floor ``ROW.METRIC -> Floor`` (or its text, ``evaluate.floors``: ``"<= 0.2"``) read
+    off ``results`` (metrics.json's nesting); a missing or non-finite number is not met."""
+    from cdae.config import Floor
+
     out = []
-    for key, floor in floors.items():
+    for key, given in floors.items():
+        floor = given if isinstance(given, Floor) else Floor.parse(given)
         row, _, metric = key.partition(".")
         group = results.get(row)
         v = group.get(metric) if isinstance(group, Mapping) else None

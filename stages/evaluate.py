@@ -792,7 +792,7 @@ def run(params: cfg.Params) -> dict[str, object]:
                            ctx.n * decodes / max(timings.get("decode_seconds", 0.0), 1e-9), 2),
                        "device": str(engine.device),
                        "threads": torch.get_num_threads()}
-    checks = check_floors(results, ep.parsed_floors())
+    checks = check_floors(results, ep.floors)
     if checks:
         results["floors"] = {"met": sum(c.met for c in checks), "of": len(checks)}
         for c in checks:
@@ -1020,7 +1020,7 @@ def write_outputs(params: cfg.Params, results: Mapping[str, object],
             loss_chart(read_train_log(log_path)).save(tmp, format="PNG")
         pngs.insert(0, "train_loss.png")
     write_text(root / EVALUATION_MD, evaluation_markdown(
-        results, pngs, params.graph, check_floors(results, params.evaluate.parsed_floors())))
+        results, pngs, params.graph, check_floors(results, params.evaluate.floors)))
 
 
 def _fmt(row: Mapping[str, object], metric: str) -> str:

@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
@@ -31,6 +31,7 @@ from cdae import config as cfg
 from cdae.atomic import write_text
 from cdae.errors import DataError
 from cdae.graph import CausalGraph
+from cdae.metrics import FloorCheck, check_floors
 
 if TYPE_CHECKING:  # PIL is imported inside the functions at run time
     from PIL import Image
@@ -436,15 +437,28 @@ def _glance_html(metrics: Mapping[str, Any], graph: CausalGraph) -> str:
             + "".join(body) + "</table>")
 
 
+def _floors_html(checks: Sequence[FloorCheck]) -> str:
+    """The targets of ``evaluate.floors``: metric, floor, the model's value, whether it holds."""
+    if not checks:
+        return ""
+    body = "".join(
+        f"<tr><td><code>{_esc(c.metric)}</code></td><td>{_esc(str(c.floor))}</td>"
+        f'<td class="num">{"no such number" if c.value is None else _fmt_number(c.value)}</td>'
+        f"<td>{'yes' if c.met else '<b>no</b>'}</td></tr>" for c in checks)
+    return (f"<h3>Floors</h3><p>{sum(c.met for c in checks)} of {len(checks)} targets of "
+            "<code>evaluate.floors</code> met.</p><table><tr><th>metric</th><th>floor</th>"
+            "<th>model</th><th>met</th></tr>" + body + "</table>")
+
+
 def _metrics_html(metrics: Mapping[str, Any], units: Mapping[str, str],
-                  graph: CausalGraph) -> tuple[str, list[str]]:
-    """The headline table, one table per intervention (model, do nothing, true mechanism), then
-    setup and cost."""
+                  graph: CausalGraph, floors: Sequence[FloorCheck] = ()) -> tuple[str, list[str]]:
+    """The floors, the headline table, one table per intervention (model, do nothing, true
+    mechanism), then setup and cost."""
     suffixes = tuple(b.value for b in Baseline)
     groups = [k for k in metrics if k not in NOT_RESULTS and isinstance(metrics[k], Mapping)
               and not k.endswith(suffixes)]
     groups.sort(key=lambda k: (k != "null", k))
-    parts: list[str] = [_glance_html(metrics, graph)]
+    parts: list[str] = [_floors_html(floors), _glance_html(metrics, graph)]
     names: list[str] = []
     for g in groups:
         cols = [(g, "model")] + [(g + b.value, BASELINE_TITLES[b]) for b in Baseline
@@ -551,7 +565,8 @@ def run(params: cfg.Params, *, out: str | None = None) -> dict[str, object]:
         if not isinstance(metrics, Mapping):
             raise DataError(f"{metrics_path}: expected a JSON object",
                             hint="re-run `cdae evaluate`")
-        table, metric_names = _metrics_html(metrics, units, graph)
+        checks = check_floors(metrics, params.evaluate.floors)
+        table, metric_names = _metrics_html(metrics, units, graph, checks)
         how = metrics.get("setup", {}).get("attributes") if isinstance(
             metrics.get("setup"), Mapping) else None
         note = f" Attributes {_esc(how)}." if how else ""

@@ -595,6 +595,9 @@ def test_report_is_offline_with_images_and_metrics(project: Path, sweep: dict) -
         for name in metrics[group]:
             assert f"<code>{name}</code>" in page, name
     assert "thickness → intensity" in page and "unit px" in page
+    met, of = metrics["floors"]["met"], metrics["floors"]["of"]
+    assert f"<h3>Floors</h3><p>{met} of {of} targets of <code>evaluate.floors</code>" in page
+    assert "<td><code>do_thickness.thickness_mae</code></td><td>&lt;= 0.2</td>" in page
 
 
 @pytest.mark.skipif(not any(shutil.which(b) for b in ("chromium", "chromium-browser",
