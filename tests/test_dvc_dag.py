@@ -143,6 +143,8 @@ def key_path(section: str, attrs: list[str]) -> str | None:
     for a in attrs:
         hints = typing.get_type_hints(cls) if is_section(cls) else {}
         if a not in hints:
+            if is_section(cls) and hasattr(cls, a):  # a method or property of the section:
+                return path  # it may read any of its keys
             break
         path = f"{path}.{a}" if path else a
         cls = hints[a]
@@ -424,3 +426,12 @@ def test_outputs_live_in_the_dvc_cache_not_in_git(name: str) -> None:
                                  cwd=ROOT).returncode == 0
         assert ignored, f"{name}: output {resolved} is not git-ignored (outputs never go in git)"
         assert opts.get("cache", True), f"{name}: output {resolved} is git-ignored and not cached"
+
+
+def test_a_method_of_a_section_reads_the_whole_section(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`params.evaluate.some_method()` may read any key of evaluate: the scan counts the whole
+    section as read (it once missed `evaluate.floors` read through such a method)."""
+    monkeypatch.setattr(cfg.EvaluateParams, "floors_parsed", lambda self: {}, raising=False)
+    assert key_path("evaluate", ["floors_parsed"]) == "evaluate"
+    assert key_path("evaluate", ["floors"]) == "evaluate.floors"
+    assert key_path("", ["evaluate"]) is None  # the section itself: a use, followed elsewhere
