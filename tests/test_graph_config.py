@@ -106,6 +106,10 @@ def test_params_file_loads_with_every_profile() -> None:
         assert p.profile == profile
     assert config.resolve(raw, "paper").model.unet_channels == 128
     assert config.resolve(raw, "tiny").train.steps < config.resolve(raw).train.steps
+    # floors are named after one graph's metrics: the pendulum's {} replaces the base's nine
+    assert len(config.resolve(raw).evaluate.floors) == 9
+    assert dict(config.resolve(raw, "pendulum").evaluate.floors) == {}
+    assert config.resolve(raw, "tiny").evaluate.floors == config.resolve(raw).evaluate.floors
 
 
 @pytest.mark.parametrize("path, value, fragment", [
