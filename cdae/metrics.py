@@ -378,6 +378,11 @@ class FloorCheck:
     def met(self) -> bool:
         return self.value is not None and self.floor.met(self.value)
 
+    @property
+    def reading(self) -> str:
+        """The value as the floors tables print it."""
+        return "no such number" if self.value is None else f"{self.value:.3g}"
+
 
 def check_floors(results: Mapping[str, Any],
                  floors: Mapping[str, str | Floor]) -> list[FloorCheck]:

@@ -1062,8 +1062,7 @@ def evaluation_markdown(results: Mapping[str, object], pngs: list[str], graph,
                   "met (mean over the seeds' draws).", "",
                   "| metric | floor | model | met |", "|---|---|---|---|"]
         for c in floors:
-            value = "no such number" if c.value is None else f"{c.value:.3g}"
-            lines.append(f"| `{c.metric}` | {_md(str(c.floor))} | {value} | "
+            lines.append(f"| `{c.metric}` | {_md(str(c.floor))} | {c.reading} | "
                          f"{'yes' if c.met else '**no**'} |")
         lines.append("")
     glance = glance_rows(results, graph)

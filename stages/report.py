@@ -443,7 +443,7 @@ def _floors_html(checks: Sequence[FloorCheck]) -> str:
         return ""
     body = "".join(
         f"<tr><td><code>{_esc(c.metric)}</code></td><td>{_esc(str(c.floor))}</td>"
-        f'<td class="num">{"no such number" if c.value is None else _fmt_number(c.value)}</td>'
+        f'<td class="num">{_esc(c.reading)}</td>'
         f"<td>{'yes' if c.met else '<b>no</b>'}</td></tr>" for c in checks)
     return (f"<h3>Floors</h3><p>{sum(c.met for c in checks)} of {len(checks)} targets of "
             "<code>evaluate.floors</code> met.</p><table><tr><th>metric</th><th>floor</th>"
