@@ -39,6 +39,8 @@ SAMPLING_KEYS = ("inversion_iters", "solver", "spacing")  # of params' diffusion
 # trained with: a stored params dict without the key gets this value, not today's default.
 LEGACY_SETTINGS: dict[tuple[str, str], Any] = {
     ("model", "condition_space"): "latent",
+    ("model", "mechanisms"): {},  # every variable of model.mechanism's kind
+    ("train", "mechanism_fit"): "joint",
 }
 
 

@@ -438,7 +438,11 @@ def train(params: cfg.Params, dataset: Dataset, out_dir: Path, *,
     source = ck_path if ck_path.is_file() else final_path
     if resume and source.is_file():
         ck = load_checkpoint(source, map_location=device)
-        if ck.get("config_hash") == chash and int(ck["step"]) <= tp.steps:
+        # the hash of the stored params, read with the settings added since (LEGACY_SETTINGS),
+        # not the hash stored beside them: a run from before a setting existed resumes
+        same = (config_hash(ck["params"]) if isinstance(ck["params"], dict)
+                else ck.get("config_hash")) == chash
+        if same and int(ck["step"]) <= tp.steps:
             ema.shadow = {k: v.to(device) for k, v in ck["ema"].items()}
             full = "model" in ck and "optimizer" in ck
             if full:

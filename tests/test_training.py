@@ -62,6 +62,36 @@ def test_same_seed_same_weights_and_resume_is_exact(params, dataset, tmp_path: P
         torch.testing.assert_close(c[k], a[k], rtol=0, atol=0, msg=k)
 
 
+def test_a_checkpoint_from_before_a_setting_existed_resumes(
+        params, dataset, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model.pt written before model.mechanisms and train.mechanism_fit existed (its params
+    and stored hash lack them) continues to the uninterrupted run's weights: the settings added
+    since read as the behaviour it was trained with (checkpoint.LEGACY_SETTINGS)."""
+    from cdae.checkpoint import LEGACY_SETTINGS, config_hash, save_checkpoint
+    from cdae.progress import log
+
+    monkeypatch.setattr(log, "propagate", True)  # caplog listens at the root (see below)
+    train(params, dataset, tmp_path / "full", show_progress=False)
+    short = dataclasses.replace(params, train=dataclasses.replace(params.train, steps=4))
+    train(short, dataset, tmp_path / "old", show_progress=False)
+    ck = load_checkpoint(tmp_path / "old/model.pt")
+    for section, key in (("model", "mechanisms"), ("train", "mechanism_fit")):
+        assert (section, key) in LEGACY_SETTINGS
+        del ck["params"][section][key]
+    ck["config_hash"] = config_hash(ck["params"])  # what such a checkpoint stored
+    save_checkpoint(tmp_path / "old/model.pt", ck)
+    (tmp_path / "old/checkpoint.pt").unlink(missing_ok=True)
+
+    with caplog.at_level("INFO", logger="cdae"):
+        r = train(params, dataset, tmp_path / "old", show_progress=False)
+    assert "resuming from" in caplog.text and "at step 4" in caplog.text, caplog.text
+    assert r.step == params.train.steps
+    a, b = weights(tmp_path / "full/model.pt"), weights(tmp_path / "old/model.pt")
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=0, msg=k)
+
+
 def test_time_budget_writes_the_model_and_a_later_run_continues_exactly(
         params, dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """train.max_minutes stops at the first step past the budget and writes model.pt (not only a
