@@ -472,6 +472,44 @@ def evaluate(params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt,
 
 
 @app.command()
+def combine(runs: list[Path] = typer.Argument(..., help="the metrics.json of each training "
+                                              "(two or more; `cdae evaluate` writes them)"),
+            out: Optional[Path] = typer.Option(None, help="the combined scorecard, a .json "
+                                               "file (default paths.report_dir/combined.json); "
+                                               "its .md is written beside it"),
+            params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt,
+            as_json: bool = JsonOpt) -> None:
+    """Several trainings' scorecards as one: each number's mean and standard deviation between
+    the trainings, and evaluate.floors read off the means and off each training.
+
+    Example: cdae combine runs/seed0/metrics.json runs/seed1/metrics.json runs/seed2/metrics.json
+    """
+    def go():
+        from stages import combine as stage
+
+        return stage.run(_params(params, profile), runs, out=out)
+
+    def text(r: dict[str, Any]) -> str:
+        seeds = ", ".join("?" if s is None else str(s) for s in r["train_seeds"])
+        lines = [f"wrote {r['path']} and {r['markdown']}: {r['scorecards']} scorecards "
+                 f"(train seeds {seeds})"]
+        if r["floors"]:
+            lines.append(f"  floors met by the mean: {sum(f['met'] for f in r['floors'])} of "
+                         f"{len(r['floors'])}")
+        for f in r["floors"]:
+            mean = "no such number" if f["mean"] is None else (
+                f"{f['mean']:.3g}" + (f" ± {f['std']:.2g}" if f["std"] is not None else ""))
+            lines.append(f"    {f['metric']} {f['floor']}: {mean}  "
+                         f"({'met' if f['met'] else 'missed'}; {f['trainings_meeting']} of "
+                         f"{r['scorecards']} trainings meet it)")
+        if r["left_out"]:
+            lines.append(f"  left out (not in every scorecard): {len(r['left_out'])} numbers")
+        return "\n".join(lines)
+
+    _emit(_run(go), as_json, text)
+
+
+@app.command()
 def report(params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt,
            out: Optional[Path] = typer.Option(None, help="output HTML file (default "
                                               "paths.report_dir/report.html)"),

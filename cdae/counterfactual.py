@@ -206,13 +206,15 @@ class CounterfactualEngine:
     def __init__(self, model: CausalDiffAE, diffusion: GaussianDiffusion,
                  label_quantiles: np.ndarray | None = None, step: int = 0,
                  null_trained: bool = True, intervene: cfg.InterveneParams | None = None,
-                 sampling: cfg.DiffusionParams | None = None) -> None:
+                 sampling: cfg.DiffusionParams | None = None,
+                 train_seed: int | None = None) -> None:
         self.model = model.eval()
         self.diffusion = diffusion
         self.graph = model.graph
         self.device = next(model.parameters()).device
         self.label_quantiles = label_quantiles
         self.step = step
+        self.train_seed = train_seed  # train.seed of the checkpoint (None: not from one)
         # inversion_iters (fixed-point refinements per inversion step), solver (the ODE solver of
         # inversion and decoding) and spacing (their timestep grid): ``sampling``'s, else
         # params.yaml's defaults
@@ -268,7 +270,8 @@ class CounterfactualEngine:
         engine = cls(model, make_diffusion(params).to(device),
                      np.asarray(q) if q is not None else None, int(ck.get("step", 0)),
                      null_trained=params.train.p_uncond > 0 or params.train.p_block_drop > 0,
-                     intervene=params.intervene, sampling=params.diffusion)
+                     intervene=params.intervene, sampling=params.diffusion,
+                     train_seed=params.train.seed)
         return engine
 
     @classmethod

@@ -366,6 +366,68 @@ def mean_std(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:
     return out
 
 
+# what may differ between scorecards that `combine_scorecards` averages: the dataset's path, the
+# notes, the draws' seed and the training's seed; any other setup key is the protocol
+FREE_SETUP_KEYS = frozenset({"dataset", "notes", "seed", "train_seed"})
+NOT_SCORES = frozenset({"setup", "cost", "floors"})  # metrics.json groups that hold no scores
+
+
+def setup_difference(setups: Sequence[Mapping[str, Any]]) -> tuple[str, int, Any, Any] | None:
+    """The first protocol setting (a ``setup`` key outside :data:`FREE_SETUP_KEYS`) on which
+    scorecard k > 0 differs from scorecard 0: (key, k, value in 0, value in k); None if none."""
+    first = setups[0]
+    for k, other in enumerate(setups[1:], start=1):
+        for key in sorted(set(first) | set(other)):
+            if key not in FREE_SETUP_KEYS and first.get(key) != other.get(key):
+                return key, k, first.get(key), other.get(key)
+    return None
+
+
+@dataclass(frozen=True)
+class Combined:
+    """Several scorecards (one per training) as one: ``results`` has metrics.json's nesting,
+    each score the mean over the scorecards and ``<metric>_std`` their sample standard deviation
+    (the spread between trainings); ``values[group][metric]`` holds each scorecard's number."""
+
+    results: dict[str, Any]
+    values: dict[str, dict[str, list[float]]]
+    left_out: list[str]  # GROUP.METRIC present in some scorecards only
+
+
+def _score(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def combine_scorecards(runs: Sequence[Mapping[str, Any]]) -> Combined:
+    """Mean and sample standard deviation over ``runs`` (two or more metrics.json dicts of one
+    protocol) of every score they all hold: each group's numbers that are not a draw spread
+    (``*_std``). A NaN in one run is left out of that mean (as :func:`mean_std` does)."""
+    if len(runs) < 2:
+        raise ValueError("combine_scorecards needs two or more scorecards")
+    results: dict[str, Any] = {}
+    values: dict[str, dict[str, list[float]]] = {}
+    left_out: list[str] = []
+    groups = [g for g, row in runs[0].items() if isinstance(row, Mapping) and g not in NOT_SCORES]
+    for run in runs[1:]:
+        left_out += [f"{g}.*" for g, row in run.items() if isinstance(row, Mapping)
+                     and g not in NOT_SCORES and g not in groups]
+    for g in groups:
+        rows = [run.get(g) for run in runs]
+        if not all(isinstance(r, Mapping) for r in rows):
+            left_out.append(f"{g}.*")
+            continue
+        names: list[str] = []
+        for r in rows:
+            names += [m for m, v in r.items() if _score(v) and not m.endswith("_std")
+                      and m not in names]
+        common = [m for m in names if all(_score(r.get(m)) for r in rows)]
+        left_out += [f"{g}.{m}" for m in names if m not in common]
+        if common:
+            results[g] = mean_std([{m: float(r[m]) for m in common} for r in rows])
+            values[g] = {m: [float(r[m]) for r in rows] for m in common}
+    return Combined(results, values, left_out)
+
+
 @dataclass(frozen=True)
 class FloorCheck:
     """One target of ``evaluate.floors`` against the scorecard."""

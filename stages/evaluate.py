@@ -780,7 +780,7 @@ def run(params: cfg.Params) -> dict[str, object]:
         **plan.notes(),
         "notes": notes,
         "units": {m: ds.graph.variable(m).unit for m in names},
-        "seed": ep.seed, "model_step": engine.step,
+        "seed": ep.seed, "model_step": engine.step, "train_seed": engine.train_seed,
         "prediction": engine.model.prediction.value,  # what the UNet was trained to output
     }
     total = time.perf_counter() - t_start

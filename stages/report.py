@@ -408,7 +408,7 @@ def glance_rows(results: Mapping[str, Any], graph: CausalGraph) -> list[tuple[st
     cycles = results.get("cycles")
     if isinstance(cycles, Mapping):
         chains = sorted((int(k.rsplit("_", 1)[1]), k) for k in cycles
-                        if k.startswith("composition_l1_"))
+                        if k.startswith("composition_l1_") and not k.endswith("_std"))
         wanted = [(k, f"composition: {n} null intervention{'s' if n > 1 else ''}")
                   for n, k in chains]
         wanted += [("reversibility_l1_1", "reversibility: 1 cycle through every parent"),

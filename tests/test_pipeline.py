@@ -95,6 +95,8 @@ def test_dvc_repro_tiny(project: Path, repro_log: str) -> None:
     for key in ("do_thickness", "do_intensity", "null", "do_thickness_do_nothing"):
         assert key in metrics
     assert "thickness_mae" in metrics["do_thickness"]
+    assert metrics["setup"]["train_seed"] == yaml.safe_load(
+        (project / "params.yaml").read_text())["train"]["seed"]
     check_scorecard(project, metrics)
     assert (project / "reports/figures/counterfactuals.png").stat().st_size > 1000
     page = (project / "reports/report.html").read_text()
@@ -221,6 +223,28 @@ def check_scorecard(project: Path, metrics: dict) -> None:
     guidance = metrics["setup"]["guidance"]
     assert guidance in ep["sweep_guidance"]
     assert metrics[f"sweep_steps_{ep['steps']}"] == metrics[f"sweep_guidance_{guidance:g}"]
+
+
+def test_combine_two_trainings_scorecards(project: Path, tmp_path: Path) -> None:
+    """`cdae combine` on the tiny pipeline's metrics.json and a second training's (its copy
+    with another seed and thickness error): every group the stage writes combines."""
+    card = json.loads((project / "reports/metrics.json").read_text())
+    other = json.loads(json.dumps(card))
+    other["setup"]["train_seed"] = 7
+    other["do_thickness"]["thickness_mae"] += 0.5
+    (tmp_path / "b.json").write_text(json.dumps(other))
+    out = tmp_path / "c.json"
+    sh([sys.executable, "-m", "cdae", "combine", "reports/metrics.json", str(tmp_path / "b.json"),
+        "--out", str(out)], project)
+    data = json.loads(out.read_text())
+    assert data["do_thickness"]["thickness_mae"] == pytest.approx(
+        card["do_thickness"]["thickness_mae"] + 0.25)
+    assert data["do_thickness"]["thickness_mae_std"] == pytest.approx(0.5 / 2 ** 0.5)
+    assert data["cycles"]["composition_l1_1"] == pytest.approx(card["cycles"]["composition_l1_1"])
+    assert data["setup"]["train_seeds"] == [card["setup"]["train_seed"], 7]
+    assert data["floors"]["of"] == len(yaml.safe_load(
+        (project / "params.yaml").read_text())["evaluate"]["floors"])
+    assert "## At a glance" in out.with_suffix(".md").read_text()
 
 
 def test_cli_intervene_prints_parents(project: Path) -> None:
