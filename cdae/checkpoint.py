@@ -13,6 +13,7 @@ A checkpoint is a dict of tensors and plain values written with ``torch.save`` a
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import pickle
@@ -116,5 +117,5 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         for (section, key), value in LEGACY_SETTINGS.items():
             sub = ck["params"].get(section)
             if isinstance(sub, dict) and key not in sub:
-                sub[key] = value
+                sub[key] = copy.deepcopy(value)  # a fresh {} per load
     return ck
