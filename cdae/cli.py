@@ -453,15 +453,43 @@ def train_predictors(params: Path = ParamsOpt, profile: Optional[str] = ProfileO
 
 @app.command()
 def evaluate(params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt,
-             device: Optional[Device] = DeviceOpt, as_json: bool = JsonOpt) -> None:
+             device: Optional[Device] = DeviceOpt,
+             split: Optional[str] = typer.Option(None, help="split to score (evaluate.split): "
+                                                 "test, or train to choose settings"),
+             max_images: Optional[int] = typer.Option(None, help="images of the split "
+                                                      "(evaluate.max_images), 0 = all"),
+             seeds: Optional[int] = typer.Option(None, help="draws per intervention "
+                                                 "(evaluate.seeds)"),
+             steps: Optional[int] = typer.Option(None, help="grid points of inversion and "
+                                                 "decoding (evaluate.steps)"),
+             guidance: Optional[float] = typer.Option(None, help="guidance scale "
+                                                      "(evaluate.guidance)"),
+             cycle_images: Optional[int] = typer.Option(None, help="images of the composition "
+                                                        "and reversibility chains "
+                                                        "(evaluate.cycle_images), 0 = none"),
+             curves: bool = typer.Option(True, help="the guidance and steps curves "
+                                         "(evaluate.sweep_guidance, sweep_steps); --no-curves "
+                                         "skips them"),
+             out: Optional[Path] = typer.Option(None, help="folder for this scorecard's "
+                                                "metrics.json, evaluation.md and evaluation/ "
+                                                "(default paths.metrics, paths.report_dir)"),
+             as_json: bool = JsonOpt) -> None:
     """The counterfactual scorecard -> metrics.json, plots and reports/evaluation.md.
 
+    Options override params.yaml's evaluate section for this run; with them, --out keeps the
+    pipeline's scorecard as it is.
+
     Example: cdae evaluate && dvc metrics show
+    Example: cdae evaluate --split train --max-images 50 --seeds 1 --no-curves --out runs/check
     """
     def go():
         from stages import evaluate as stage
 
-        return stage.run(_params(params, profile, device=device))
+        p = stage.with_overrides(
+            _params(params, profile, device=device), out, split=split, max_images=max_images,
+            seeds=seeds, steps=steps, guidance=guidance, cycle_images=cycle_images,
+            **({} if curves else {"sweep_guidance": (), "sweep_steps": ()}))
+        return stage.run(p)
 
     def text(r: dict[str, Any]) -> str:
         from stages.evaluate import format_metrics

@@ -605,6 +605,22 @@ def _load_predictors(path: Path, ds: Dataset):
     return pred
 
 
+def with_overrides(params: cfg.Params, out_dir: str | Path | None = None,
+                   **overrides: object) -> cfg.Params:
+    """``params`` with the command line's evaluate settings (``overrides``: fields of
+    :class:`cdae.config.EvaluateParams`, None = keep; validated as params.yaml is) and, with
+    ``out_dir``, the scorecard (metrics.json, evaluation.md, evaluation/) written there instead
+    of paths.metrics and paths.report_dir."""
+    import dataclasses
+
+    ep = cfg.override(params.evaluate, "evaluate", **overrides)
+    paths = params.paths
+    if out_dir is not None:
+        paths = dataclasses.replace(paths, metrics=str(Path(out_dir) / "metrics.json"),
+                                    report_dir=str(out_dir))
+    return dataclasses.replace(params, evaluate=ep, paths=paths)
+
+
 def run(params: cfg.Params) -> dict[str, object]:
     import torch
 

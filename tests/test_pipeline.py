@@ -247,6 +247,42 @@ def test_combine_two_trainings_scorecards(project: Path, tmp_path: Path) -> None
     assert "## At a glance" in out.with_suffix(".md").read_text()
 
 
+def test_evaluate_options_override_params_and_out_keeps_the_pipelines_scorecard(
+        project: Path, tmp_path: Path) -> None:
+    """`cdae evaluate --split train --max-images 3 --seeds 1 --cycle-images 0 --no-curves
+    --out DIR`: those settings, the scorecard in DIR, reports/ untouched."""
+    before = {p: p.read_bytes() for p in (project / "reports").rglob("*") if p.is_file()}
+    out = tmp_path / "quick"
+    sh([sys.executable, "-m", "cdae", "evaluate", "--split", "train", "--max-images", "3",
+        "--seeds", "1", "--steps", "2", "--guidance", "0", "--cycle-images", "0",
+        "--no-curves", "--out", str(out)], project)
+    m = json.loads((out / "metrics.json").read_text())
+    s = m["setup"]
+    assert (s["split"], s["images"], s["seeds"], s["ddim_steps"], s["guidance"]) == (
+        "train", 3, [0], 2, 0)
+    assert "cycles" not in m and not any(k.startswith("sweep_") for k in m)
+    assert "thickness_mae_std" not in m["do_thickness"]  # one draw: no spread
+    assert (out / "evaluation.md").is_file() and list((out / "evaluation/png").glob("*.png"))
+    after = {p: p.read_bytes() for p in (project / "reports").rglob("*") if p.is_file()}
+    assert after == before
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--max-images", "-1"], "evaluate.max_images"),
+    (["--seeds", "0"], "evaluate.seeds"),
+    (["--split", "validation"], "unknown split 'validation'"),
+])
+def test_evaluate_bad_options_are_one_line_errors(project: Path, tmp_path: Path, args,
+                                                  fragment) -> None:
+    proc = subprocess.run([sys.executable, "-m", "cdae", "evaluate", *args, "--out",
+                           str(tmp_path / "x")], cwd=project, capture_output=True, text=True,
+                          env=dict(os.environ, DVC_NO_ANALYTICS="1"))
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], lines
+    assert not (tmp_path / "x").exists()
+
+
 def test_cli_intervene_prints_parents(project: Path) -> None:
     out = sh([sys.executable, "-m", "cdae", "intervene", "--var", "thickness", "--value", "2.0",
               "--max-images", "4", "--steps", "2"], project)
