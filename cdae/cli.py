@@ -480,6 +480,7 @@ def evaluate(params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt,
     pipeline's scorecard as it is.
 
     Example: cdae evaluate && dvc metrics show
+
     Example: cdae evaluate --split train --max-images 50 --seeds 1 --no-curves --out runs/check
     """
     def go():
