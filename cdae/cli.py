@@ -501,8 +501,9 @@ def evaluate(params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt,
 
 
 @app.command()
-def combine(runs: list[Path] = typer.Argument(..., help="the metrics.json of each training "
-                                              "(two or more; `cdae evaluate` writes them)"),
+def combine(runs: list[Path] = typer.Argument(..., help="the metrics.json of each training, "
+                                              "or its folder (two or more; `cdae evaluate` "
+                                              "writes them)"),
             out: Optional[Path] = typer.Option(None, help="the combined scorecard, a .json "
                                                "file (default paths.report_dir/combined.json); "
                                                "its .md is written beside it"),

@@ -24,8 +24,11 @@ SEED_KEY = "train_seed"  # the training's seed in a scorecard's setup (evaluate 
 
 
 def read_scorecard(path: Path) -> dict[str, Any]:
-    """A metrics.json of `cdae evaluate`; DataError for a missing, unreadable or foreign file."""
+    """A metrics.json of `cdae evaluate` (``path``, or ``path``/metrics.json for a folder, as
+    `cdae evaluate --out DIR` writes); DataError for a missing, unreadable or foreign file."""
     hint = "pass the metrics.json files that `cdae evaluate` wrote (paths.metrics)"
+    if path.is_dir():
+        path = path / "metrics.json"
     try:
         text = path.read_text()
     except FileNotFoundError:

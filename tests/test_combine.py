@@ -103,7 +103,8 @@ def test_cli_writes_the_combined_scorecard_and_reads_the_floors(params_file: Pat
     assert "| `do_intensity.intensity_mae` | <= 3 | no such number |" in md
     assert "| do(thickness): thickness reaches the set value |" in md  # the glance rows
 
-    text = CliRunner().invoke(app, ["combine", *paths[:2], "--params", str(params_file),
+    folders = [str(Path(p).parent) for p in paths[:2]]  # `cdae evaluate --out DIR`'s folders
+    text = CliRunner().invoke(app, ["combine", *folders, "--params", str(params_file),
                                     "--out", str(tmp_path / "two.json")])
     assert text.exit_code == 0, text.output
     assert "2 scorecards (train seeds 0, 1)" in text.stdout
