@@ -256,6 +256,9 @@ def _setup(params: cfg.Params, label: str,
 
     ip = cfg.override(params.intervene, "intervene", **overrides)
     model_path = Path(params.paths.model_dir) / "model.pt"
+    if chosen is not None and not image_files:  # a row the file lacks: said before the model loads
+        with open_dataset(params.paths.dataset) as ds:
+            pick_rows(ds, chosen, str(params.paths.dataset))
     engine = CounterfactualEngine.for_params(model_path, params)
     notes = validate(engine)
     with contextlib.ExitStack() as stack:  # handed to the caller unless this fails

@@ -562,6 +562,16 @@ def test_bad_rows_are_refused(project: Path, rows: str, message: str) -> None:
     assert not (project / "data/bad_rows.h5").exists()
 
 
+def test_a_missing_row_is_said_before_the_model_loads(project: Path, tmp_path: Path) -> None:
+    """With no model at all, `--rows 99999` still answers with the row (checked first)."""
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    raw["paths"]["model_dir"] = str(tmp_path / "no_models")
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(raw))
+    r = run_cli(project, "intervene", "--var", "thickness", "--value", "2", "--rows", "99999",
+                "--params", str(tmp_path / "p.yaml"), "--out", str(tmp_path / "x.h5"))
+    assert r.returncode == 2 and "holds no row 99999" in r.stderr, r.stderr
+
+
 def test_grid_of_files_with_no_row_in_common(project: Path, tmp_path: Path) -> None:
     """Files that share no image (a `--rows` run beside the pipeline's) still make one grid:
     rows from any file, a file's missing images grey, the factual column naming each row."""
