@@ -268,6 +268,27 @@ def score_intervention(ctx: _Context, fact, fact_img, masks: np.ndarray,
     return score_interventions(ctx, fact, fact_img, [(masks, values)])[0]
 
 
+def score_samples(ctx: _Context, fact, fact_img, seed: int) -> Scored:
+    """The evaluated images' factual latents decoded from x_T ~ N(0, I) at t = T (seeded; no
+    abducted noise, no intervention): how far the condition alone sets each variable. Scored
+    as the null intervention is, against the factual values."""
+    import dataclasses
+
+    import torch
+
+    from cdae.counterfactual import to_uint8
+
+    engine = ctx.engine
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.randn(tuple(fact.x_T.shape), generator=gen).to(fact.x_T.device)
+    x = to_uint8(engine.predict(dataclasses.replace(fact, x_T=noise), fact.z, steps=ctx.steps,
+                                guidance=0.0, abduction=cfg.Abduction.INVERT))
+    none = np.zeros((ctx.n, len(ctx.names)), bool)
+    return _with_targets(ctx, none, np.full(none.shape, np.nan), x,
+                         engine.model.read_labels(fact.z).cpu().numpy(),
+                         engine.model.read_labels(fact_img.z).cpu().numpy())
+
+
 def _with_targets(ctx: _Context, masks: np.ndarray, values: np.ndarray, x_cf: np.ndarray,
                   believed: np.ndarray, believed_img: np.ndarray) -> Scored:
     from cdae.metrics import groups
@@ -689,7 +710,7 @@ def run(params: cfg.Params) -> dict[str, object]:
     plan_keys = [(key if protocol is Protocol.MARGINAL else f"{key}_forced", key, protocol)
                  for protocol in Protocol for key in keys]
     # the null decode and every draw of every seed: ctx.n counterfactual images each
-    with Progress(ctx.n * (1 + ep.seeds * len(plan_keys)), "evaluate decodes",
+    with Progress(ctx.n * (2 + ep.seeds * len(plan_keys)), "evaluate decodes",
                   unit="img") as bar:
         # null: no intervention (deterministic)
         done = timed("decode_seconds")
@@ -702,7 +723,12 @@ def run(params: cfg.Params) -> dict[str, object]:
         results["null"] = row
         for suffix, ref in reference_rows(ctx, s_null, measured_factual, ref_feats).items():
             results[f"null{suffix}"] = ref
-        decodes = 1
+        done = timed("decode_seconds")
+        s_sample = score_samples(ctx, fact, fact_img, ep.seed)
+        bar.advance(ctx.n)
+        done()
+        results["sample"], _ = model_row(ctx, s_sample, measured_factual, ref_feats)
+        decodes = 2
 
         per_seed: dict[str, list[dict[str, float]]] = {}
         pa_star: np.ndarray | None = None
@@ -769,7 +795,8 @@ def run(params: cfg.Params) -> dict[str, object]:
         "inversion_iters": params.diffusion.inversion_iters,
         "seeds": [ep.seed + i for i in range(ep.seeds)],
         "rows": (f"do_<v>, random: {ctx.n} images x {ep.seeds} seeds (mean; _std over seeds); "
-                 f"null: {ctx.n} images; cycles: {results.get('cycles', {}).get('images', 0):.0f}"
+                 f"null, sample: {ctx.n} images; cycles: "
+                 f"{results.get('cycles', {}).get('images', 0):.0f}"
                  f" images; dci: encoder z of train/test images; all at {ep.steps} grid points "
                  f"({params.diffusion.spacing.value} grid, {params.diffusion.solver.value} solver)"
                  " of inversion and decoding"),
@@ -789,6 +816,10 @@ def run(params: cfg.Params) -> dict[str, object]:
         "frechet": (f"Frechet distance between penultimate-layer features of the "
                     f"{feature_variable(ds.graph)} predictor (this project's own network, not "
                     f"Inception) of {ref_rows.size} train images and of the row's images"),
+        "sample": "the factual latents (parents from the labels) decoded from x_T ~ N(0, I) "
+                  "at t = T, no abducted noise and no guidance, scored against the factual "
+                  "values: how far the condition alone sets each variable (the digit: "
+                  "predicted_digit_kept)",
         "cycles": "composition: the null intervention applied m times; reversibility: "
                   "do(all = pa*) then do(all = pa), pa* the model's counterfactual parents "
                   "under the first random intervention; reversibility_continuous: the same "
@@ -1099,9 +1130,9 @@ def evaluation_markdown(results: Mapping[str, object], pngs: list[str], graph,
         lines.append("")
     suffixes = tuple(b.value for b in Baseline)
     keys = [k for k, v in results.items() if isinstance(v, Mapping) and
-            (k.startswith("do_") or k.startswith("random") or k == "null")
+            (k.startswith("do_") or k.startswith("random") or k in ("null", "sample"))
             and not k.endswith(suffixes)]
-    keys.sort(key=lambda k: (k != "null", k.endswith("_forced"), k))
+    keys.sort(key=lambda k: (k != "null", k != "sample", k.endswith("_forced"), k))
     for key in keys:
         cols = [(key, "model")] + [(key + b.value, t) for b, t in (
             (Baseline.DO_NOTHING, "do nothing"), (Baseline.TRUE_MECHANISM, "true mechanism"))

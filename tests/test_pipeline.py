@@ -88,7 +88,7 @@ def test_dvc_repro_tiny(project: Path, repro_log: str) -> None:
     # a batch log gets evaluate's decodes as periodic lines, ending with every image decoded:
     # the null row plus (3 variables + random) x 2 protocols x seeds, images each
     ep = yaml.safe_load((project / "params.yaml").read_text())["profiles"]["tiny"]["evaluate"]
-    decoded = ep["max_images"] * (1 + 8 * ep["seeds"])
+    decoded = ep["max_images"] * (2 + 8 * ep["seeds"])  # null, sample, 8 rows per draw
     assert f"evaluate decodes {decoded}/{decoded} (100%)" in out
     assert f"evaluate: abducted {ep['max_images']} test images ({ep['steps']} steps)" in out
     metrics = json.loads((project / "reports/metrics.json").read_text())
@@ -129,6 +129,11 @@ def check_scorecard(project: Path, metrics: dict) -> None:
     """evaluate's scorecard on the tiny profile: every row under both value protocols with
     seeds, the reference rows, cycles, DCI, predictors, plots and evaluation.md."""
     ep = yaml.safe_load((project / "params.yaml").read_text())["profiles"]["tiny"]["evaluate"]
+    # samples from noise with the factual latents: scored against the factual values, and far
+    # further from the factual images than the null intervention's reconstruction
+    sample = metrics["sample"]
+    assert {"thickness_mae", "intensity_mae", "predicted_digit_kept"} <= set(sample)
+    assert sample["l1_to_factual"] > 2 * metrics["null"]["composition_l1"]
     for key in ("do_thickness", "do_intensity", "do_digit", "random"):
         for name in (key, f"{key}_forced"):
             row = metrics[name]
