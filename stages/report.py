@@ -189,6 +189,9 @@ def group_meaning(key: str) -> str:
     if key == "null":
         return ("do(): no intervention; the model must give the factual image back "
                 "(composition)")
+    if key == "sample":
+        return ("no abduction of the noise: the factual latents decoded from x_T ~ N(0, I), "
+                "scored against the factual values (what the condition alone sets)")
     sweep = re.match(r"^sweep_(guidance|steps)_(.+)$", key)
     if sweep:
         what = "guidance scale s" if sweep.group(1) == "guidance" else "steps"
@@ -457,7 +460,7 @@ def _metrics_html(metrics: Mapping[str, Any], units: Mapping[str, str],
     suffixes = tuple(b.value for b in Baseline)
     groups = [k for k in metrics if k not in NOT_RESULTS and isinstance(metrics[k], Mapping)
               and not k.endswith(suffixes)]
-    groups.sort(key=lambda k: (k != "null", k))
+    groups.sort(key=lambda k: (k != "null", k != "sample", k))
     parts: list[str] = [_floors_html(floors), _glance_html(metrics, graph)]
     names: list[str] = []
     for g in groups:
