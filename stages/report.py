@@ -381,7 +381,8 @@ def _fmt_value(v: object) -> str:
 def glance_rows(results: Mapping[str, Any], graph: CausalGraph) -> list[tuple[str, str, str]]:
     """The scorecard's headline: (what it says, group, metric) per do(v) row, from the graph
     alone: v's own effectiveness, each descendant's propagated value and the mechanisms' error
-    behind it, each non-descendant kept; then composition and reversibility."""
+    behind it, each non-descendant kept; then the sample row (each variable as the latent
+    alone sets it); then composition and reversibility."""
     out: list[tuple[str, str, str]] = []
 
     def first(group: str, *metrics: str) -> str | None:
@@ -408,6 +409,10 @@ def glance_rows(results: Mapping[str, Any], graph: CausalGraph) -> list[tuple[st
                 m = first(group, f"predicted_{w}_kept", f"{w}_mae", f"predicted_{w}_mae")
                 if m is not None:
                     out.append((f"do({v}): {w} stays as it was", group, m))
+    for v in graph.names:  # samples from noise: what the condition alone sets
+        m = first("sample", f"predicted_{v}_kept", f"{v}_mae", f"predicted_{v}_mae")
+        if m is not None:
+            out.append((f"sample from noise: {v} as its latent says", "sample", m))
     cycles = results.get("cycles")
     if isinstance(cycles, Mapping):
         chains = sorted((int(k.rsplit("_", 1)[1]), k) for k in cycles

@@ -353,7 +353,8 @@ def test_sweep_curves_sort_x_pick_effectiveness_and_mark_missing() -> None:
 def test_glance_rows_follow_the_graph() -> None:
     """The report's headline reads each do(v) group by the graph: v's own metric, each
     descendant (two levels down included) with the mechanisms' error, each non-descendant kept
-    (a categorical one by `predicted_<c>_kept`); the cycles in chain order."""
+    (a categorical one by `predicted_<c>_kept`); the sample row per variable; the cycles in
+    chain order."""
     from cdae.graph import CausalGraph
     from stages.evaluate import evaluation_markdown
     from stages.report import _glance_html, glance_rows
@@ -367,13 +368,15 @@ def test_glance_rows_follow_the_graph() -> None:
                  "predicted_k_kept": 0.97, "a_bias": 0.0},
         "do_b_do_nothing": {"b_mae": 0.7, "c_mae": 50.0, "a_mae": 0.0, "predicted_k_kept": 1.0},
         "do_k": {"predicted_k_accuracy": 0.9, "a_mae": 0.1, "b_mae": 0.2, "c_mae": 3.0},
+        "sample": {"a_mae": 0.6, "b_mae": 30.0, "predicted_k_kept": 0.55, "a_bias": -0.5},
         "cycles": {"composition_l1_10": 0.1, "composition_l1_1": 0.01, "reversibility_l1_1": 5.0},
     }
     rows = [(group, m) for _, group, m in glance_rows(results, g)]
     assert rows == [("do_b", "b_mae"), ("do_b", "c_mae"), ("do_b", "parent_c_mae_labels"),
                     ("do_b", "a_mae"), ("do_b", "predicted_k_kept"),
                     ("do_k", "predicted_k_accuracy"), ("do_k", "a_mae"), ("do_k", "b_mae"),
-                    ("do_k", "c_mae"), ("cycles", "composition_l1_1"),
+                    ("do_k", "c_mae"), ("sample", "a_mae"), ("sample", "b_mae"),
+                    ("sample", "predicted_k_kept"), ("cycles", "composition_l1_1"),
                     ("cycles", "composition_l1_10"), ("cycles", "reversibility_l1_1")]
     md = evaluation_markdown(results, [], g)
     assert md.index("## At a glance") < md.index("## `do_b`")
