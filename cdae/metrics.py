@@ -458,6 +458,6 @@ def check_floors(results: Mapping[str, Any],
         row, _, metric = key.partition(".")
         group = results.get(row)
         v = group.get(metric) if isinstance(group, Mapping) else None
-        finite = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        finite = _score(v) and math.isfinite(v)
         out.append(FloorCheck(key, floor, float(v) if finite else None))  # type: ignore[arg-type]
     return out

@@ -69,6 +69,11 @@ def check_runs(paths: Sequence[Path], runs: Sequence[Mapping[str, Any]]) -> None
                              "settings and model step), e.g. trainings that differ in train.seed")
 
 
+def met_by_every(per_run: Sequence[Sequence[FloorCheck]]) -> int:
+    """How many floors every scorecard meets (``per_run``: each one's checks, same order)."""
+    return sum(all(checks) for checks in zip(*([c.met for c in pr] for pr in per_run)))
+
+
 def combined_markdown(combined: Combined, paths: Sequence[Path],
                       runs: Sequence[Mapping[str, Any]], mean_checks: Sequence[FloorCheck],
                       per_run: Sequence[Sequence[FloorCheck]], graph) -> str:
@@ -95,7 +100,7 @@ def combined_markdown(combined: Combined, paths: Sequence[Path],
         lines += ["## Floors", "",
                   f"{sum(c.met for c in mean_checks)} of {len(mean_checks)} targets of "
                   f"`evaluate.floors` met by the mean; every training met "
-                  f"{sum(all(pr[i].met for pr in per_run) for i in range(len(mean_checks)))}.",
+                  f"{met_by_every(per_run)}.",
                   "", f"| metric | floor | mean | {cols} | met by the mean | trainings "
                   "meeting it |", "|---" * (n + 5) + "|"]
         for i, c in enumerate(mean_checks):
@@ -153,8 +158,7 @@ def run(params: cfg.Params, runs: Sequence[Path], *, out: Path | None = None) ->
     per_run = [check_floors(c, floors) for c in cards]
     if mean_checks:
         res["floors"] = {"met": sum(c.met for c in mean_checks), "of": len(mean_checks),
-                         "met_by_every_training": sum(
-                             all(pr[i].met for pr in per_run) for i in range(len(mean_checks)))}
+                         "met_by_every_training": met_by_every(per_run)}
     md = combined_markdown(combined, paths, cards, mean_checks, per_run, params.graph)
     write_text(target, json.dumps(res, indent=2, sort_keys=True, default=float) + "\n")
     write_text(target.with_suffix(".md"), md)
