@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from cdae.config import MechanismKind
+from cdae.config import ClassEmbedding, MechanismKind
 from cdae.graph import CausalGraph
 
 
@@ -105,16 +105,35 @@ class Mechanism(nn.Module):
         return out[:, 0], torch.zeros_like(out[:, 0])
 
 
+def scaled_class_table(weight: torch.Tensor, kind: ClassEmbedding) -> torch.Tensor:
+    """A class-embedding weight (classes, d) as prior means: as it is (``free``), or each row
+    rescaled to norm sqrt(d) (``normalised``)."""
+    if ClassEmbedding(kind) is ClassEmbedding.FREE:
+        return weight
+    return weight * (weight.shape[1] ** 0.5 / weight.norm(dim=1, keepdim=True).clamp_min(1e-12))
+
+
+def class_separation(table: torch.Tensor) -> tuple[float, float]:
+    """Smallest and mean distance between two rows of a class table (classes, d): how far
+    apart the prior means of two classes lie (compare with ``model.prior_sigma``)."""
+    dist = torch.cdist(table.float(), table.float())
+    off = dist[~torch.eye(table.shape[0], dtype=torch.bool)]
+    return float(off.min()), float(off.mean())
+
+
 class CausalLayer(nn.Module):
     """Prior means, mechanisms and the recursive structural equations over latent blocks."""
 
     def __init__(self, graph: CausalGraph, latent_dim: int, *, hidden: int = 64,
                  mechanism: MechanismKind = MechanismKind.ADDITIVE,
                  mechanisms: Mapping[str, MechanismKind] | None = None,
-                 monotone_prior: bool = True, knots: int = 16) -> None:
-        """``mechanism``: the kind of every f_i; ``mechanisms``: per-variable kinds over it."""
+                 monotone_prior: bool = True, knots: int = 16,
+                 class_embedding: ClassEmbedding = ClassEmbedding.FREE) -> None:
+        """``mechanism``: the kind of every f_i; ``mechanisms``: per-variable kinds over it;
+        ``class_embedding``: the scale of categorical prior means (:meth:`class_table`)."""
         super().__init__()
         self.graph = graph
+        self.class_embedding = ClassEmbedding(class_embedding)
         self.d = latent_dim
         self.names = graph.names
         self.order = [graph.index(n) for n in graph.topological_order()]
@@ -136,6 +155,14 @@ class CausalLayer(nn.Module):
                 self.monotone[v.name] = MonotoneMap(knots)
 
     # ------------------------------------------------------------------ prior mean mu(y)
+    def class_table(self, name: str) -> torch.Tensor:
+        """Categorical variable ``name``'s prior means e[y], (classes, d): the learned table,
+        or with ``class_embedding: normalised`` each row rescaled to norm sqrt(d) (RMS 1 per
+        dimension, a standardised label's scale), so that the table learns directions only.
+        A free table shrinks: the N(0, I) KL on u pulls a root block's encoder means, and the
+        alignment term pulls the rows after them, towards 0."""
+        return scaled_class_table(self.embeddings[name].weight, self.class_embedding)
+
     def prior_mean(self, y_norm: torch.Tensor) -> torch.Tensor:
         """Standardised labels (B, K) (categorical: class index; NaN allowed, gives 0) ->
         prior means (B, K, d)."""
@@ -144,7 +171,7 @@ class CausalLayer(nn.Module):
         for k, v in enumerate(self.graph.variables):
             if v.is_categorical:
                 idx = y[:, k].round().long().clamp(0, v.classes - 1)
-                blocks.append(self.embeddings[v.name](idx))
+                blocks.append(self.class_table(v.name)[idx])
             else:
                 g = self.monotone[v.name](y[:, k]) if v.name in self.monotone else y[:, k]
                 blocks.append(g.unsqueeze(-1).expand(-1, self.d))
@@ -157,7 +184,7 @@ class CausalLayer(nn.Module):
         for k, v in enumerate(self.graph.variables):
             block = z[:, k]
             if v.is_categorical:
-                dist = torch.cdist(block, self.embeddings[v.name].weight)
+                dist = torch.cdist(block, self.class_table(v.name))
                 out.append(dist.argmin(-1).to(z.dtype))
             else:
                 m = block.mean(-1)

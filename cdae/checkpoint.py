@@ -41,6 +41,7 @@ SAMPLING_KEYS = ("inversion_iters", "solver", "spacing")  # of params' diffusion
 LEGACY_SETTINGS: dict[tuple[str, str], Any] = {
     ("model", "condition_space"): "latent",
     ("model", "mechanisms"): {},  # every variable of model.mechanism's kind
+    ("model", "class_embedding"): "free",
     ("train", "mechanism_fit"): "joint",
 }
 

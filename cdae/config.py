@@ -66,6 +66,13 @@ class ConditionSpace(str, enum.Enum):
     LABEL = "label"  # the block mean mapped back through g^-1 (standardised label) + residual
 
 
+class ClassEmbedding(str, enum.Enum):
+    """The scale of a categorical variable's prior means e_i[y] (its class-embedding table)."""
+
+    FREE = "free"  # the rows as learned (METHOD.md's table): their norm may shrink
+    NORMALISED = "normalised"  # each row rescaled to norm sqrt(d): learned directions only
+
+
 class MechanismKind(str, enum.Enum):
     """How a non-root latent is computed from its parents (METHOD.md, causal layer)."""
 
@@ -286,6 +293,7 @@ class ModelParams:
     monotone_prior: bool = True  # continuous prior mean mu_i(y) is a learned monotone map
     monotone_knots: int = field(default=16, metadata=POSITIVE)
     condition_space: ConditionSpace = ConditionSpace.LABEL  # what the UNet sees of z
+    class_embedding: ClassEmbedding = ClassEmbedding.FREE  # scale of categorical prior means
 
 
 @dataclass(frozen=True)

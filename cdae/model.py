@@ -55,7 +55,8 @@ class CausalDiffAE(nn.Module):
                                   mechanism=params.mechanism,
                                   mechanisms=params.mechanisms,
                                   monotone_prior=params.monotone_prior,
-                                  knots=params.monotone_knots)
+                                  knots=params.monotone_knots,
+                                  class_embedding=params.class_embedding)
         self.cond_dim = self.k * self.d + self.style_dim
         self.unet = UNet(in_channels=c, base_channels=params.unet_channels,
                          channel_mult=tuple(params.channel_mult),

@@ -40,6 +40,17 @@ def _variables(graph, labels: np.ndarray | None) -> list[dict[str, object]]:
     return out
 
 
+def _separation(weight, model: dict) -> str:
+    """How far apart a categorical variable's class prior means lie, in prior sigmas."""
+    from cdae.causal import class_separation, scaled_class_table
+    from cdae.config import ClassEmbedding, ModelParams
+
+    kind = ClassEmbedding(model.get("class_embedding", ClassEmbedding.FREE.value))
+    sigma = float(model.get("prior_sigma", ModelParams.prior_sigma))
+    low, mean = class_separation(scaled_class_table(weight, kind))
+    return f"min {low / sigma:.1f}, mean {mean / sigma:.1f} prior sigmas"
+
+
 def describe(path: str | Path) -> dict[str, object]:
     from cdae.graph import CausalGraph
 
@@ -102,6 +113,11 @@ def describe(path: str | Path) -> dict[str, object]:
     for j, row in enumerate(rows):
         if q.size and np.isfinite(q[j]).all():
             row["train_range"] = [round(float(q[j][0]), 4), round(float(q[j][-1]), 4)]
+    model = ck["params"].get("model") or {}
+    for v, row in zip(graph.variables, rows):
+        weight = ck["ema"].get(f"causal.embeddings.{v.name}.weight")
+        if v.is_categorical and weight is not None:
+            row["class_separation"] = _separation(weight, model)
     return {"kind": InfoKind.CHECKPOINT.value, "path": str(p), "step": int(ck.get("step", 0)),
             "total_steps": int(ck.get("total_steps", 0)), "parameters": n_params,
             "image_shape": list(ck["image_shape"]), "profile": ck["params"].get("profile"),
@@ -118,7 +134,8 @@ def format_info(r: dict[str, object]) -> str:
     if isinstance(r.get("model"), dict):  # a checkpoint's model settings (condition_space, ...)
         lines.append("  model: " + ", ".join(f"{k} {v}" for k, v in r["model"].items()))
     for v in r.get("variables", []):  # type: ignore[union-attr]
-        keys = ("unit", "classes", "range", "observed", "train_range", "labelled")
+        keys = ("unit", "classes", "range", "observed", "train_range", "labelled",
+                "class_separation")
         extra = ", ".join(f"{k} {v[k]}" for k in keys if v.get(k) not in (None, ""))
         lines.append(f"  variable {v['name']} ({v['type']}{', ' + extra if extra else ''})")
     if "graph" in r:

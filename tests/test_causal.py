@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from cdae.causal import CausalLayer, MonotoneMap
+from cdae.config import ClassEmbedding
 from cdae.graph import CausalGraph
 
 CHAIN = CausalGraph.from_dict({
@@ -228,3 +229,24 @@ def test_mechanism_kind_per_variable() -> None:
     assert torch.equal(layer.mechanisms["b"](z_pa[:, :4])[1], torch.zeros(6))
     u = torch.randn(5, 5, 4)
     torch.testing.assert_close(layer.abduct_noise(layer.causal_layer(u)), u, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", list(ClassEmbedding))
+def test_class_embedding_scale_under_a_pull_towards_zero(kind: ClassEmbedding) -> None:
+    """What the alignment term does to the class table when the encoder's means drift to 0
+    (the N(0, I) KL on u): a free table follows them and shrinks; a normalised one keeps
+    every class's prior mean at norm sqrt(d), and read_labels still inverts prior_mean."""
+    torch.manual_seed(0)
+    layer = CausalLayer(CHAIN, latent_dim=4, hidden=8, class_embedding=kind)
+    y = torch.tensor([[0.0, 0.0, 0.0, 0.0, float(c)] for c in range(3)])
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+    for _ in range(50):
+        opt.zero_grad()
+        layer.prior_mean(y)[:, 4].square().sum().backward()  # align to encoder means at 0
+        opt.step()
+    norms = layer.prior_mean(y)[:, 4].norm(dim=-1).detach()
+    if kind is ClassEmbedding.FREE:
+        assert norms.max() < 0.1  # collapsed: the digit block no longer tells classes apart
+    else:
+        torch.testing.assert_close(norms, torch.full((3,), 2.0))  # sqrt(4)
+    torch.testing.assert_close(layer.read_labels(layer.prior_mean(y))[:, 4], y[:, 4])

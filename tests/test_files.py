@@ -153,7 +153,7 @@ def test_checkpoint_without_a_later_setting_gets_the_behaviour_it_was_trained_wi
     save_checkpoint(tmp_path / "old.pt", dict(base, params={"model": {"channels": 8}}))
     save_checkpoint(tmp_path / "new.pt", dict(base, params={"model": {"condition_space": "label"}}))
     assert load_checkpoint(tmp_path / "old.pt")["params"]["model"] == {
-        "channels": 8, "condition_space": "latent", "mechanisms": {}}
+        "channels": 8, "condition_space": "latent", "mechanisms": {}, "class_embedding": "free"}
     assert load_checkpoint(tmp_path / "new.pt")["params"]["model"]["condition_space"] == "label"
 
 

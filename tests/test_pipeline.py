@@ -310,6 +310,16 @@ def test_info_describes_files(project: Path) -> None:
     out = sh([sys.executable, "-m", "cdae", "info", "models/model.pt"], project, stdout_only=True)
     assert "checkpoint" in out and "intensity [0..255, range 0..255] <- thickness" in out
     assert "condition_space label" in out  # what the model was trained as, from its settings
+    ck = json.loads(sh([sys.executable, "-m", "cdae", "info", "models/model.pt", "--json"],
+                       project, stdout_only=True))
+    digit = next(v for v in ck["variables"] if v["name"] == "digit")
+    from cdae.causal import class_separation
+    from cdae.counterfactual import CounterfactualEngine
+
+    model = CounterfactualEngine.load(project / "models/model.pt").model  # the EMA weights
+    low, mean = (d / model.params.prior_sigma
+                 for d in class_separation(model.causal.class_table("digit")))
+    assert digit["class_separation"] == f"min {low:.1f}, mean {mean:.1f} prior sigmas"
     js = json.loads(sh([sys.executable, "-m", "cdae", "info", "data/dataset.h5", "--json"],
                        project, stdout_only=True))
     assert js["kind"] == "dataset" and js["images"] == js["train"] + js["test"]
