@@ -18,6 +18,7 @@ from cdae.atomic import write_text
 from cdae.errors import ConfigError, DataError
 from cdae.metrics import (Combined, FloorCheck, check_floors, combine_scorecards,
                           setup_difference)
+from cdae.tables import md_cell, mean_std_cell
 
 COMBINED_FILE = "combined.json"
 SEED_KEY = "train_seed"  # the training's seed in a scorecard's setup (evaluate writes it)
@@ -80,7 +81,6 @@ def combined_markdown(combined: Combined, paths: Sequence[Path],
     """<out>.md: the floors (met by the mean, and by how many trainings), the scorecard's
     headline rows, then every number: mean ± standard deviation between the trainings and
     each training's own value."""
-    from stages.evaluate import _fmt, _md
     from stages.report import glance_rows
 
     res, values = combined.results, combined.values
@@ -95,7 +95,7 @@ def combined_markdown(combined: Combined, paths: Sequence[Path],
     lines += [f"| {h} | `{p}` | {r['setup'].get(SEED_KEY, 'not recorded')} | "
               f"{r['setup'].get('model_step')} |" for h, p, r in zip(heads, paths, runs)]
     lines.append("")
-    cols = " | ".join(_md(h) for h in heads)
+    cols = " | ".join(md_cell(h) for h in heads)
     if mean_checks:
         lines += ["## Floors", "",
                   f"{sum(c.met for c in mean_checks)} of {len(mean_checks)} targets of "
@@ -105,22 +105,22 @@ def combined_markdown(combined: Combined, paths: Sequence[Path],
                   "meeting it |", "|---" * (n + 5) + "|"]
         for i, c in enumerate(mean_checks):
             group, _, metric = c.metric.partition(".")
-            mean = c.reading if c.value is None else _fmt(res[group], metric)
+            mean = c.reading if c.value is None else mean_std_cell(res[group], metric)
             each = " | ".join(pr[i].reading for pr in per_run)
-            lines.append(f"| `{c.metric}` | {_md(str(c.floor))} | {mean} | {each} | "
+            lines.append(f"| `{c.metric}` | {md_cell(str(c.floor))} | {mean} | {each} | "
                          f"{'yes' if c.met else '**no**'} | "
                          f"{sum(pr[i].met for pr in per_run)} of {n} |")
         lines.append("")
 
     def row(group: str, metric: str) -> str:
-        return " | ".join([_fmt(res[group], metric)]
+        return " | ".join([mean_std_cell(res[group], metric)]
                           + [f"{v:.3g}" for v in values[group][metric]])
 
     glance = [(label, g, m) for label, g, m in glance_rows(res, graph) if m in values.get(g, {})]
     if glance:
         lines += ["## At a glance", "", f"| what | metric | mean | {cols} |",
                   "|---" * (n + 3) + "|"]
-        lines += [f"| {_md(label)} | `{g}.{m}` | {row(g, m)} |" for label, g, m in glance]
+        lines += [f"| {md_cell(label)} | `{g}.{m}` | {row(g, m)} |" for label, g, m in glance]
         lines.append("")
     for group, metrics in values.items():
         lines += [f"## `{group}`", "", f"| metric | mean | {cols} |", "|---" * (n + 2) + "|"]

@@ -45,6 +45,7 @@ from cdae.metrics import (FloorCheck, Phase, Protocol, accuracy, bias, check_flo
                           dci, draw_values, frechet_distance, l1, mae, mean_std, off_support,
                           psnr, random_masks, variable_ranks)
 from cdae.progress import Progress, log
+from cdae.tables import md_cell, mean_std_cell
 from stages.report import Baseline
 from stages.train_predictors import PREDICTORS_FILE
 
@@ -1070,22 +1071,6 @@ def write_outputs(params: cfg.Params, results: Mapping[str, object],
         results, pngs, params.graph, check_floors(results, params.evaluate.floors)))
 
 
-def _fmt(row: Mapping[str, object], metric: str) -> str:
-    v = row.get(metric)
-    if not isinstance(v, (int, float)):
-        return "–"
-    sd = row.get(f"{metric}_std")
-    text = f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
-    if isinstance(sd, float) and abs(sd) < 1e-9 * max(1.0, abs(v)):
-        sd = 0.0  # float noise of identical draws
-    return text + (f" ± {sd:.2g}" if isinstance(sd, float) and np.isfinite(sd) else "")
-
-
-def _md(text: str) -> str:
-    """Text for a markdown table cell (a pipe would end the cell)."""
-    return text.replace("|", "\\|")
-
-
 def evaluation_markdown(results: Mapping[str, object], pngs: list[str], graph,
                         floors: Sequence[FloorCheck] = ()) -> str:
     """reports/evaluation.md: the scorecard as tables (the ``floors`` first), the plots, what
@@ -1109,7 +1094,7 @@ def evaluation_markdown(results: Mapping[str, object], pngs: list[str], graph,
                   "met (mean over the seeds' draws).", "",
                   "| metric | floor | model | met |", "|---|---|---|---|"]
         for c in floors:
-            lines.append(f"| `{c.metric}` | {_md(str(c.floor))} | {c.reading} | "
+            lines.append(f"| `{c.metric}` | {md_cell(str(c.floor))} | {c.reading} | "
                          f"{'yes' if c.met else '**no**'} |")
         lines.append("")
     glance = glance_rows(results, graph)
@@ -1122,11 +1107,11 @@ def evaluation_markdown(results: Mapping[str, object], pngs: list[str], graph,
                   "|---|---|---|---|---|"]
         for label, group, m in glance:
             row = results[group]
-            cells = [_fmt(row, m)] + [  # type: ignore[arg-type]
-                _fmt(results[group + b.value], m)  # type: ignore[arg-type]
+            cells = [mean_std_cell(row, m)] + [  # type: ignore[arg-type]
+                mean_std_cell(results[group + b.value], m)  # type: ignore[arg-type]
                 if isinstance(results.get(group + b.value), Mapping) else "–"
                 for b in (Baseline.DO_NOTHING, Baseline.TRUE_MECHANISM)]
-            lines.append(f"| {_md(label)} | `{group}.{m}` | " + " | ".join(cells) + " |")
+            lines.append(f"| {md_cell(label)} | `{group}.{m}` | " + " | ".join(cells) + " |")
         lines.append("")
     suffixes = tuple(b.value for b in Baseline)
     keys = [k for k, v in results.items() if isinstance(v, Mapping) and
@@ -1144,8 +1129,8 @@ def evaluation_markdown(results: Mapping[str, object], pngs: list[str], graph,
         lines += [f"## `{key}`", "", "| metric | " + " | ".join(t for _, t in cols)
                   + " | meaning |", "|---" * (len(cols) + 2) + "|"]
         for m in metrics:
-            cells = " | ".join(_fmt(results[k], m) for k, _ in cols)  # type: ignore[arg-type]
-            lines.append(f"| `{m}` | {cells} | {_md(metric_meaning(m, units))} |")
+            cells = " | ".join(mean_std_cell(results[k], m) for k, _ in cols)  # type: ignore[arg-type]
+            lines.append(f"| `{m}` | {cells} | {md_cell(metric_meaning(m, units))} |")
         lines.append("")
     for key, title in (("cycles", "Composition and reversibility"),
                        ("dci", "DCI of the encoder's z"),
@@ -1153,7 +1138,7 @@ def evaluation_markdown(results: Mapping[str, object], pngs: list[str], graph,
         block = results.get(key)
         if isinstance(block, Mapping):
             lines += [f"## {title}", "", "| metric | value | meaning |", "|---|---|---|"]
-            lines += [f"| `{m}` | {_fmt(block, m)} | {_md(metric_meaning(m, units))} |"
+            lines += [f"| `{m}` | {mean_std_cell(block, m)} | {md_cell(metric_meaning(m, units))} |"
                       for m in block if not m.endswith("_std")]
             lines.append("")
     for what, x_label in SWEEP_AXES.items():

@@ -402,3 +402,14 @@ def test_floors_read_the_scorecard_and_count_a_missing_number_as_missed() -> Non
     for bad in ("< 0.2", "<= x", "0.2", ">= inf"):
         with pytest.raises(ValueError):
             Floor.parse(bad)
+
+
+def test_scorecard_cells() -> None:
+    from cdae.tables import md_cell, mean_std_cell
+
+    assert mean_std_cell({"a": 3.14159, "a_std": 0.01234}, "a") == "3.14 ± 0.012"
+    assert mean_std_cell({"a": 12345.6}, "a") == "12346"
+    assert mean_std_cell({"a": 2.0, "a_std": 1e-15}, "a") == "2 ± 0"  # identical draws
+    assert mean_std_cell({"a": 2.0, "a_std": float("nan")}, "a") == "2"
+    assert mean_std_cell({"b": 1.0}, "a") == "–" and mean_std_cell({"a": "x"}, "a") == "–"
+    assert md_cell("<= 3 | x") == "<= 3 \\| x"
