@@ -40,15 +40,27 @@ def _variables(graph, labels: np.ndarray | None) -> list[dict[str, object]]:
     return out
 
 
-def _separation(weight, model: dict) -> str:
-    """How far apart a categorical variable's class prior means lie, in prior sigmas."""
+SEPARATION_WARN = 2.0
+"""Class prior means closer than this many prior sigmas are flagged (train.json, the log)."""
+
+
+def class_separations(ck: dict) -> dict[str, tuple[float, float]]:
+    """A checkpoint's categorical variables -> (smallest, mean) distance between two of their
+    class prior means (EMA weights), in prior sigmas."""
     from cdae.causal import class_separation, scaled_class_table
     from cdae.config import ClassEmbedding, ModelParams
+    from cdae.graph import CausalGraph
 
+    model = ck["params"].get("model") or {}
     kind = ClassEmbedding(model.get("class_embedding", ClassEmbedding.FREE.value))
     sigma = float(model.get("prior_sigma", ModelParams.prior_sigma))
-    low, mean = class_separation(scaled_class_table(weight, kind))
-    return f"min {low / sigma:.1f}, mean {mean / sigma:.1f} prior sigmas"
+    out = {}
+    for v in CausalGraph.from_json(ck["graph"]).variables:
+        weight = ck["ema"].get(f"causal.embeddings.{v.name}.weight")
+        if v.is_categorical and weight is not None:
+            low, mean = class_separation(scaled_class_table(weight, kind))
+            out[v.name] = (low / sigma, mean / sigma)
+    return out
 
 
 def describe(path: str | Path) -> dict[str, object]:
@@ -113,11 +125,11 @@ def describe(path: str | Path) -> dict[str, object]:
     for j, row in enumerate(rows):
         if q.size and np.isfinite(q[j]).all():
             row["train_range"] = [round(float(q[j][0]), 4), round(float(q[j][-1]), 4)]
-    model = ck["params"].get("model") or {}
-    for v, row in zip(graph.variables, rows):
-        weight = ck["ema"].get(f"causal.embeddings.{v.name}.weight")
-        if v.is_categorical and weight is not None:
-            row["class_separation"] = _separation(weight, model)
+    separations = class_separations(ck)
+    for row in rows:
+        if row["name"] in separations:
+            low, mean = separations[str(row["name"])]
+            row["class_separation"] = f"min {low:.1f}, mean {mean:.1f} prior sigmas"
     return {"kind": InfoKind.CHECKPOINT.value, "path": str(p), "step": int(ck.get("step", 0)),
             "total_steps": int(ck.get("total_steps", 0)), "parameters": n_params,
             "image_shape": list(ck["image_shape"]), "profile": ck["params"].get("profile"),

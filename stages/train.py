@@ -39,5 +39,26 @@ def run(params: cfg.Params, *, resume: bool = True) -> dict[str, float]:
                "stopped_by_time": result.out_of_time,
                "final_loss": rows[-1]["loss"] if rows else float("nan")}
     if not result.stopped_by_signal:
+        summary.update(_class_check(out / "model.pt"))
         write_text(out / "train.json", json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _class_check(model_path: Path) -> dict[str, object]:
+    """train.json's ``class_separation`` (per categorical variable: the smallest and mean
+    distance between two class prior means, in prior sigmas); a warning where two classes lie
+    closer than ``SEPARATION_WARN`` (the condition then barely tells them apart)."""
+    from cdae.checkpoint import load_checkpoint
+    from cdae.progress import log
+    from stages.info import SEPARATION_WARN, class_separations
+
+    seps = class_separations(load_checkpoint(model_path))
+    for name, (low, _mean) in seps.items():
+        if low < SEPARATION_WARN:
+            log.warning("train: two classes of %s have prior means %.1f prior sigmas apart: the "
+                        "condition barely tells them apart (model.class_embedding: normalised "
+                        "keeps the table's scale)", name, low)
+    if not seps:
+        return {}
+    return {"class_separation": {n: {"min": round(lo, 2), "mean": round(me, 2)}
+                                 for n, (lo, me) in seps.items()}}

@@ -524,3 +524,32 @@ def test_label_condition_space_trains_and_decodes_in_label_coordinates(
     images = dataset.images[:2]
     out = engine.counterfactual(images, {"intensity": 200.0}, steps=3)
     assert out.images.shape == images.shape
+
+
+@pytest.mark.parametrize("kind", ["free", "normalised"])
+def test_train_json_reports_class_separation_and_warns_on_a_collapsed_table(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+        kind: str) -> None:
+    """train.json's class_separation: two classes' prior means in prior sigmas (under the
+    checkpoint's own class_embedding); a collapsed free table is flagged in the log."""
+    from cdae.checkpoint import save_checkpoint
+    from cdae.graph import CausalGraph
+    from cdae.progress import log
+    from stages.train import _class_check
+
+    monkeypatch.setattr(log, "propagate", True)
+    graph = CausalGraph.from_dict({"variables": [
+        {"name": "t"}, {"name": "k", "type": "categorical", "classes": 3}], "edges": []})
+    table = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, -1.0]]) * 0.01  # 2 dims, shrunk
+    save_checkpoint(tmp_path / "model.pt", {
+        "graph": graph.to_json(), "ema": {"causal.embeddings.k.weight": table},
+        "params": {"model": {"prior_sigma": 0.1, "class_embedding": kind}},
+        "image_shape": [1, 8, 8], "label_mean": [0.0, 0.0], "label_std": [1.0, 1.0]})
+    with caplog.at_level("WARNING", logger="cdae"):
+        sep = _class_check(tmp_path / "model.pt")["class_separation"]
+    scale = 1.0 if kind == "free" else 2 ** 0.5 / 0.01  # normalised rows: norm sqrt(2)
+    assert list(sep) == ["k"]
+    assert sep["k"]["min"] == pytest.approx(round(0.01 * scale * 2 ** 0.5 / 0.1, 2))
+    assert sep["k"]["mean"] == pytest.approx(
+        round(0.01 * scale * (2 * 2 ** 0.5 + 2 * 2 ** 0.5 + 2 * 2) / 6 / 0.1, 2))
+    assert ("barely tells them apart" in caplog.text) is (kind == "free"), caplog.text
