@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from cdae.config import ClassEmbedding, MechanismKind
+from cdae.config import ClassEmbedding, MechanismKind, ModelParams
 from cdae.graph import CausalGraph
 
 
@@ -119,6 +119,27 @@ def class_separation(table: torch.Tensor) -> tuple[float, float]:
     dist = torch.cdist(table.float(), table.float())
     off = dist[~torch.eye(table.shape[0], dtype=torch.bool)]
     return float(off.min()), float(off.mean())
+
+
+SEPARATION_WARN = 2.0
+"""Class prior means closer than this many prior sigmas are flagged (train.json, the log)."""
+
+
+def checkpoint_class_separations(ck: dict) -> dict[str, tuple[float, float]]:
+    """A checkpoint dict's (:func:`cdae.checkpoint.load_checkpoint`) categorical variables
+    -> (smallest, mean) distance between two of their class prior means (EMA weights), in
+    prior sigmas."""
+
+    model = ck["params"].get("model") or {}
+    kind = ClassEmbedding(model.get("class_embedding", ClassEmbedding.FREE.value))
+    sigma = float(model.get("prior_sigma", ModelParams.prior_sigma))
+    out = {}
+    for v in CausalGraph.from_json(ck["graph"]).variables:
+        weight = ck["ema"].get(f"causal.embeddings.{v.name}.weight")
+        if v.is_categorical and weight is not None:
+            low, mean = class_separation(scaled_class_table(weight, kind))
+            out[v.name] = (low / sigma, mean / sigma)
+    return out
 
 
 class CausalLayer(nn.Module):

@@ -40,29 +40,6 @@ def _variables(graph, labels: np.ndarray | None) -> list[dict[str, object]]:
     return out
 
 
-SEPARATION_WARN = 2.0
-"""Class prior means closer than this many prior sigmas are flagged (train.json, the log)."""
-
-
-def class_separations(ck: dict) -> dict[str, tuple[float, float]]:
-    """A checkpoint's categorical variables -> (smallest, mean) distance between two of their
-    class prior means (EMA weights), in prior sigmas."""
-    from cdae.causal import class_separation, scaled_class_table
-    from cdae.config import ClassEmbedding, ModelParams
-    from cdae.graph import CausalGraph
-
-    model = ck["params"].get("model") or {}
-    kind = ClassEmbedding(model.get("class_embedding", ClassEmbedding.FREE.value))
-    sigma = float(model.get("prior_sigma", ModelParams.prior_sigma))
-    out = {}
-    for v in CausalGraph.from_json(ck["graph"]).variables:
-        weight = ck["ema"].get(f"causal.embeddings.{v.name}.weight")
-        if v.is_categorical and weight is not None:
-            low, mean = class_separation(scaled_class_table(weight, kind))
-            out[v.name] = (low / sigma, mean / sigma)
-    return out
-
-
 def describe(path: str | Path) -> dict[str, object]:
     from cdae.graph import CausalGraph
 
@@ -125,7 +102,9 @@ def describe(path: str | Path) -> dict[str, object]:
     for j, row in enumerate(rows):
         if q.size and np.isfinite(q[j]).all():
             row["train_range"] = [round(float(q[j][0]), 4), round(float(q[j][-1]), 4)]
-    separations = class_separations(ck)
+    from cdae.causal import checkpoint_class_separations
+
+    separations = checkpoint_class_separations(ck)
     for row in rows:
         if row["name"] in separations:
             low, mean = separations[str(row["name"])]

@@ -48,11 +48,11 @@ def _class_check(model_path: Path) -> dict[str, object]:
     """train.json's ``class_separation`` (per categorical variable: the smallest and mean
     distance between two class prior means, in prior sigmas); a warning where two classes lie
     closer than ``SEPARATION_WARN`` (the condition then barely tells them apart)."""
+    from cdae.causal import SEPARATION_WARN, checkpoint_class_separations
     from cdae.checkpoint import load_checkpoint
     from cdae.progress import log
-    from stages.info import SEPARATION_WARN, class_separations
 
-    seps = class_separations(load_checkpoint(model_path))
+    seps = checkpoint_class_separations(load_checkpoint(model_path))
     for name, (low, _mean) in seps.items():
         if low < SEPARATION_WARN:
             log.warning("train: two classes of %s have prior means %.1f prior sigmas apart: the "
