@@ -116,7 +116,8 @@ def scaled_class_table(weight: torch.Tensor, kind: ClassEmbedding) -> torch.Tens
 def class_separation(table: torch.Tensor) -> tuple[float, float]:
     """Smallest and mean distance between two rows of a class table (classes, d): how far
     apart the prior means of two classes lie (compare with ``model.prior_sigma``)."""
-    dist = torch.cdist(table.float(), table.float())
+    table = table.detach().float()
+    dist = torch.cdist(table, table)
     off = dist[~torch.eye(table.shape[0], dtype=torch.bool)]
     return float(off.min()), float(off.mean())
 
