@@ -130,7 +130,6 @@ def checkpoint_class_separations(ck: dict) -> dict[str, tuple[float, float]]:
     """A checkpoint dict's (:func:`cdae.checkpoint.load_checkpoint`) categorical variables
     -> (smallest, mean) distance between two of their class prior means (EMA weights), in
     prior sigmas."""
-
     model = ck["params"].get("model") or {}
     kind = ClassEmbedding(model.get("class_embedding", ClassEmbedding.FREE.value))
     sigma = float(model.get("prior_sigma", ModelParams.prior_sigma))

@@ -87,6 +87,7 @@ def describe(path: str | Path) -> dict[str, object]:
                     "datasets": {k: [list(f[k].shape), str(f[k].dtype)] for k in f},
                     "attrs": {k: (v.item() if hasattr(v, "item") else str(v))
                               for k, v in f.attrs.items()}}
+    from cdae.causal import checkpoint_class_separations
     from cdae.checkpoint import ZIP_MAGIC, load_checkpoint
 
     if not magic.startswith(ZIP_MAGIC):
@@ -102,8 +103,6 @@ def describe(path: str | Path) -> dict[str, object]:
     for j, row in enumerate(rows):
         if q.size and np.isfinite(q[j]).all():
             row["train_range"] = [round(float(q[j][0]), 4), round(float(q[j][-1]), 4)]
-    from cdae.causal import checkpoint_class_separations
-
     separations = checkpoint_class_separations(ck)
     for row in rows:
         if row["name"] in separations:
