@@ -507,8 +507,11 @@ def combine(runs: list[Path] = typer.Argument(..., help="the metrics.json of eac
             out: Optional[Path] = typer.Option(None, help="the combined scorecard, a .json "
                                                "file (default paths.report_dir/combined.json); "
                                                "its .md is written beside it"),
-            params: Path = ParamsOpt, profile: Optional[str] = ProfileOpt,
-            as_json: bool = JsonOpt) -> None:
+            params: Optional[Path] = typer.Option(
+                None, "--params", help="params file (floors, graph, report_dir); default "
+                "params.yaml where there is one, else the floors and graph the scorecards "
+                "recorded"),
+            profile: Optional[str] = ProfileOpt, as_json: bool = JsonOpt) -> None:
     """Several trainings' scorecards as one: each number's mean and standard deviation between
     the trainings, and evaluate.floors read off the means and off each training.
 
@@ -517,7 +520,10 @@ def combine(runs: list[Path] = typer.Argument(..., help="the metrics.json of eac
     def go():
         from stages import combine as stage
 
-        return stage.run(_params(params, profile), runs, out=out)
+        default = Path(ParamsOpt.default)
+        project = params is not None or profile is not None or default.is_file()
+        return stage.run(_params(params or default, profile) if project else None, runs,
+                         out=out)
 
     def text(r: dict[str, Any]) -> str:
         seeds = ", ".join("?" if s is None else str(s) for s in r["train_seeds"])
@@ -534,6 +540,8 @@ def combine(runs: list[Path] = typer.Argument(..., help="the metrics.json of eac
                          f"{r['scorecards']} trainings meet it)")
         if r["left_out"]:
             lines.append(f"  left out (not in every scorecard): {len(r['left_out'])} numbers")
+        if r["settings"] != "params":
+            lines.append("  floors and graph: the scorecards' own (no params.yaml here)")
         return "\n".join(lines)
 
     _emit(_run(go), as_json, text)

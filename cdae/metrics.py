@@ -367,8 +367,9 @@ def mean_std(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:
 
 
 # what may differ between scorecards that `combine_scorecards` averages: the dataset's path, the
-# notes, the draws' seed and the training's seed; any other setup key is the protocol
-FREE_SETUP_KEYS = frozenset({"dataset", "notes", "seed", "train_seed"})
+# notes, the draws' seed, the training's seed and the floors (targets read off the numbers, not
+# how they were measured); any other setup key is the protocol
+FREE_SETUP_KEYS = frozenset({"dataset", "notes", "seed", "train_seed", "floors"})
 NOT_SCORES = frozenset({"setup", "cost", "floors"})  # metrics.json groups that hold no scores
 
 

@@ -4,7 +4,8 @@ the floors of ``evaluate.floors`` read off the means and off each training.
 
 Writes ``<out>.json`` (metrics.json's nesting: `dvc metrics show` reads it) and ``<out>.md``
 beside it, atomically. Not a DVC stage: its inputs are several trainings, which one DAG run
-does not make.
+does not make. Outside a project (no params) the floors and the graph come from the
+scorecards themselves (``setup.floors``, ``setup.graph``, which `cdae evaluate` records).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any, Mapping, Sequence
 from cdae import config as cfg
 from cdae.atomic import write_text
 from cdae.errors import ConfigError, DataError
+from cdae.graph import CausalGraph
 from cdae.metrics import (Combined, FloorCheck, check_floors, combine_scorecards,
                           setup_difference)
 from cdae.tables import md_cell, mean_std_cell
@@ -70,6 +72,34 @@ def check_runs(paths: Sequence[Path], runs: Sequence[Mapping[str, Any]]) -> None
                              "settings and model step), e.g. trainings that differ in train.seed")
 
 
+def recorded_settings(paths: Sequence[Path], runs: Sequence[Mapping[str, Any]]
+                      ) -> tuple[dict[str, str], CausalGraph | None]:
+    """The floors and the graph the scorecards were scored under (``setup.floors``,
+    ``setup.graph``), for a combination without params: ({}, None) where the scorecards predate
+    them; ConfigError where they name different floors."""
+    floors = [r["setup"].get("floors") for r in runs]
+    for k, f in enumerate(floors[1:], start=1):
+        if f != floors[0]:
+            raise ConfigError(f"{paths[0]} and {paths[k]} were scored against different "
+                              "evaluate.floors", hint="pass --params with the floors to read")
+    recorded = floors[0] or {}
+    hint = "pass --params with the floors to read"
+    if not isinstance(recorded, Mapping):
+        raise DataError(f"{paths[0]}: setup.floors is not a mapping", hint=hint)
+    for key, text in recorded.items():
+        try:
+            cfg.Floor.parse(text)
+        except (ValueError, TypeError) as err:
+            raise DataError(f"{paths[0]}: setup.floors.{key}: {text!r} is not a floor ({err})",
+                            hint=hint) from None
+    raw = runs[0]["setup"].get("graph")
+    try:
+        graph = CausalGraph.from_dict(raw, key=f"{paths[0]}: setup.graph") if raw else None
+    except ConfigError as err:
+        raise DataError(err.message, hint="pass --params with the project's graph") from None
+    return dict(recorded), graph
+
+
 def met_by_every(per_run: Sequence[Sequence[FloorCheck]]) -> int:
     """How many floors every scorecard meets (``per_run``: each one's checks, same order)."""
     return sum(all(checks) for checks in zip(*([c.met for c in pr] for pr in per_run)))
@@ -77,9 +107,10 @@ def met_by_every(per_run: Sequence[Sequence[FloorCheck]]) -> int:
 
 def combined_markdown(combined: Combined, paths: Sequence[Path],
                       runs: Sequence[Mapping[str, Any]], mean_checks: Sequence[FloorCheck],
-                      per_run: Sequence[Sequence[FloorCheck]], graph) -> str:
+                      per_run: Sequence[Sequence[FloorCheck]],
+                      graph: CausalGraph | None) -> str:
     """<out>.md: the floors (met by the mean, and by how many trainings), the scorecard's
-    headline rows, then every number: mean ± standard deviation between the trainings and
+    headline rows (with a graph), then every number: mean ± standard deviation between the trainings and
     each training's own value."""
     from stages.report import glance_rows
 
@@ -116,7 +147,8 @@ def combined_markdown(combined: Combined, paths: Sequence[Path],
         return " | ".join([mean_std_cell(res[group], metric)]
                           + [f"{v:.3g}" for v in values[group][metric]])
 
-    glance = [(label, g, m) for label, g, m in glance_rows(res, graph) if m in values.get(g, {})]
+    glance = [] if graph is None else [(label, g, m) for label, g, m in glance_rows(res, graph)
+                                       if m in values.get(g, {})]
     if glance:
         lines += ["## At a glance", "", f"| what | metric | mean | {cols} |",
                   "|---" * (n + 3) + "|"]
@@ -132,13 +164,21 @@ def combined_markdown(combined: Combined, paths: Sequence[Path],
     return "\n".join(lines) + "\n"
 
 
-def run(params: cfg.Params, runs: Sequence[Path], *, out: Path | None = None) -> dict[str, Any]:
+def run(params: cfg.Params | None, runs: Sequence[Path], *, out: Path | None = None
+        ) -> dict[str, Any]:
     """Combine the scorecards ``runs`` -> ``out`` (default paths.report_dir/combined.json) and
-    the markdown beside it. Returns a summary (paths, seeds, floors met)."""
+    the markdown beside it. ``params`` None (no project): the floors and graph the scorecards
+    recorded, the default paths. Returns a summary (paths, seeds, floors met)."""
     paths = [Path(p) for p in runs]
     cards = [read_scorecard(p) for p in paths]
     check_runs(paths, cards)
-    target = Path(out) if out is not None else Path(params.paths.report_dir) / COMBINED_FILE
+    if params is None:
+        floors, graph = recorded_settings(paths, cards)
+        report_dir = cfg.PathsParams().report_dir
+    else:
+        floors, graph = dict(params.evaluate.floors), params.graph
+        report_dir = params.paths.report_dir
+    target = Path(out) if out is not None else Path(report_dir) / COMBINED_FILE
     if target.suffix != ".json":
         raise ConfigError(f"--out {target}: the combined scorecard is a .json file",
                           hint="name it e.g. reports/combined.json (the .md goes beside it)")
@@ -146,7 +186,6 @@ def run(params: cfg.Params, runs: Sequence[Path], *, out: Path | None = None) ->
         raise ConfigError(f"--out {target} is one of the scorecards to combine",
                           hint="write the combination to another file")
     combined = combine_scorecards(cards)
-    floors = dict(params.evaluate.floors)
     res: dict[str, Any] = dict(combined.results)
     seeds = [c["setup"].get(SEED_KEY) for c in cards]
     res["setup"] = {**{k: v for k, v in cards[0]["setup"].items() if k not in ("notes", SEED_KEY)},
@@ -159,7 +198,7 @@ def run(params: cfg.Params, runs: Sequence[Path], *, out: Path | None = None) ->
     if mean_checks:
         res["floors"] = {"met": sum(c.met for c in mean_checks), "of": len(mean_checks),
                          "met_by_every_training": met_by_every(per_run)}
-    md = combined_markdown(combined, paths, cards, mean_checks, per_run, params.graph)
+    md = combined_markdown(combined, paths, cards, mean_checks, per_run, graph)
     write_text(target, json.dumps(res, indent=2, sort_keys=True, default=float) + "\n")
     write_text(target.with_suffix(".md"), md)
     return {"path": str(target), "markdown": str(target.with_suffix(".md")),
@@ -169,4 +208,5 @@ def run(params: cfg.Params, runs: Sequence[Path], *, out: Path | None = None) ->
                                 .get(c.metric.partition(".")[2] + "_std")),
                         "met": c.met, "trainings_meeting": sum(pr[i].met for pr in per_run)}
                        for i, c in enumerate(mean_checks)],
-            "left_out": combined.left_out}
+            "left_out": combined.left_out,
+            "settings": "params" if params is not None else "the scorecards' own"}

@@ -830,6 +830,8 @@ def run(params: cfg.Params) -> dict[str, object]:
         "units": {m: ds.graph.variable(m).unit for m in names},
         "seed": ep.seed, "model_step": engine.step, "train_seed": engine.train_seed,
         "prediction": engine.model.prediction.value,  # what the UNet was trained to output
+        # what `cdae combine` reads where no params file is at hand
+        "graph": ds.graph.to_dict(), "floors": dict(ep.floors),
     }
     total = time.perf_counter() - t_start
     results["cost"] = {"seconds": round(total, 1),

@@ -112,6 +112,56 @@ def test_cli_writes_the_combined_scorecard_and_reads_the_floors(params_file: Pat
             in text.stdout)
 
 
+GRAPH = {"variables": [{"name": "thickness", "type": "continuous", "unit": "px"},
+                       {"name": "digit", "type": "categorical", "classes": 10}], "edges": []}
+FLOORS = {"do_thickness.thickness_mae": "<= 0.15", "cycles.reversibility_l1_1": "<= 3.0"}
+
+
+def test_cli_outside_a_project_reads_the_floors_and_graph_the_scorecards_recorded(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # no params.yaml here
+    paths = write_cards(tmp_path, card(0, 0.10, 0.99, 2.0, graph=GRAPH, floors=FLOORS),
+                        card(1, 0.14, 0.97, 4.2, graph=GRAPH, floors=FLOORS))
+    r = CliRunner().invoke(app, ["combine", *paths, "--json"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    assert summary["settings"] == "the scorecards' own"
+    assert summary["path"] == str(Path("reports") / "combined.json")
+    floors = {f["metric"]: f for f in summary["floors"]}
+    assert set(floors) == set(FLOORS)
+    assert floors["do_thickness.thickness_mae"]["met"]  # 0.12 <= 0.15
+    assert not floors["cycles.reversibility_l1_1"]["met"]  # 3.1 > 3.0
+    md = (tmp_path / "reports" / "combined.md").read_text()
+    assert "| do(thickness): thickness reaches the set value |" in md  # the recorded graph
+
+    # scorecards from before evaluate recorded them: no floors, no glance rows, still combined
+    (tmp_path / "old").mkdir()
+    old = write_cards(tmp_path / "old", card(0, 0.1, 1, 1), card(1, 0.2, 1, 1))
+    r = CliRunner().invoke(app, ["combine", *old, "--out", "old.json", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["floors"] == []
+    assert "## At a glance" not in (tmp_path / "old.md").read_text()
+
+    for cards, fragment in (
+            ((card(0, 0.1, 1, 1, floors=FLOORS), card(1, 0.2, 1, 1, floors={})),
+             "were scored against different evaluate.floors"),
+            ((card(0, 0.1, 1, 1, floors={"do_thickness.thickness_mae": "about 2"}),
+              card(1, 0.2, 1, 1, floors={"do_thickness.thickness_mae": "about 2"})),
+             "setup.floors.do_thickness.thickness_mae: 'about 2' is not a floor"),
+            ((card(0, 0.1, 1, 1, graph={"variables": []}), card(1, 0.2, 1, 1,
+                                                              graph={"variables": []})),
+             "setup.graph.variables is empty")):
+        folder = tmp_path / f"bad{len(list(tmp_path.glob('bad*')))}"
+        folder.mkdir()
+        r = CliRunner().invoke(app, ["combine", *write_cards(folder, *cards),
+                                     "--out", str(folder / "c.json")])
+        assert r.exit_code == 2 and fragment in r.stderr, r.output
+        assert not (folder / "c.json").exists()
+    # a --profile or --params names a project: its file must exist
+    r = CliRunner().invoke(app, ["combine", *paths, "--profile", "tiny"])
+    assert r.exit_code == 2 and "params.yaml: params file not found" in r.stderr
+
+
 @pytest.mark.parametrize("make, fragments", [
     (lambda p: [p[0]], ["combine needs two or more scorecards, got 1"]),
     (lambda p: [p[0], p[0]], ["hold the same scorecard"]),

@@ -251,6 +251,16 @@ def test_combine_two_trainings_scorecards(project: Path, tmp_path: Path) -> None
         (project / "params.yaml").read_text())["evaluate"]["floors"])
     assert "## At a glance" in out.with_suffix(".md").read_text()
 
+    # outside the project (no params.yaml): the floors and graph the scorecards recorded
+    (tmp_path / "a.json").write_text(json.dumps(card))
+    (tmp_path / "elsewhere").mkdir()
+    sh([sys.executable, "-m", "cdae", "combine", str(tmp_path / "a.json"),
+        str(tmp_path / "b.json"), "--out", str(tmp_path / "d.json")], tmp_path / "elsewhere")
+    outside = json.loads((tmp_path / "d.json").read_text())
+    assert outside["floors"] == data["floors"]
+    assert outside["do_thickness"] == data["do_thickness"]
+    assert "## At a glance" in (tmp_path / "d.md").read_text()
+
 
 def test_evaluate_options_override_params_and_out_keeps_the_pipelines_scorecard(
         project: Path, tmp_path: Path) -> None:
