@@ -507,8 +507,8 @@ def run_sweep(params: cfg.Params, var: str, values: list[float], *, name: str | 
               parents_from: cfg.ParentsFrom | None = None,
               max_images: int | None = None, shard: str | None = None,
               guidance_mode: cfg.GuidanceMode | None = None,
-        rows: list[int] | None = None,
-        image_files: list[str] | None = None) -> dict[str, object]:
+              rows: list[int] | None = None,
+              image_files: list[str] | None = None) -> dict[str, object]:
     """Counterfactuals of the same images under do(var=v) for each of ``values`` (raw units).
 
     Abduction (the DDIM inversion) runs once per batch; action and prediction once per value.
