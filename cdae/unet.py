@@ -15,8 +15,13 @@ UNet layout (improved-diffusion style, resolution-agnostic):
 
 Conditioning (DiffAE-style AdaGN) in every residual block::
 
-    h = GroupNorm(h) * (1 + scale_t) + shift_t      # (scale_t, shift_t) = Linear(SiLU(emb_t))
+    h = GroupNorm(h) * (1 + scale_t) + shift_t      # (scale_t, shift_t) = Linear(emb_t)
     h = h * (1 + scale_c) + shift_c                 # (scale_c, shift_c) = Linear(cond)
+
+emb_t is the time MLP's output (sinusoid -> Linear -> SiLU -> Linear), projected as it is: the
+condition and the timestep meet only in the product above. Adding an MLP of the condition to
+emb_t and projecting SiLU(emb_t), as class-conditional ADM does, measured no better
+(docs/results.md, the condition in the time embedding).
 
 The two per-channel affine maps are folded into one (B, C) scale and shift before touching the
 feature map, so the cost is a single fused multiply-add. The norm before AdaGN has no affine
