@@ -76,14 +76,15 @@ def recorded_settings(paths: Sequence[Path], runs: Sequence[Mapping[str, Any]]
                       ) -> tuple[dict[str, str], CausalGraph | None]:
     """The floors and the graph the scorecards were scored under (``setup.floors``,
     ``setup.graph``), for a combination without params: ({}, None) where the scorecards predate
-    them; ConfigError where they name different floors."""
+    them; ConfigError where they name different floors, DataError where a recorded floor or
+    the graph is not one."""
+    hint = "pass --params with the floors to read"
     floors = [r["setup"].get("floors") for r in runs]
     for k, f in enumerate(floors[1:], start=1):
         if f != floors[0]:
             raise ConfigError(f"{paths[0]} and {paths[k]} were scored against different "
-                              "evaluate.floors", hint="pass --params with the floors to read")
+                              "evaluate.floors", hint=hint)
     recorded = floors[0] or {}
-    hint = "pass --params with the floors to read"
     if not isinstance(recorded, Mapping):
         raise DataError(f"{paths[0]}: setup.floors is not a mapping", hint=hint)
     for key, text in recorded.items():
@@ -110,8 +111,8 @@ def combined_markdown(combined: Combined, paths: Sequence[Path],
                       per_run: Sequence[Sequence[FloorCheck]],
                       graph: CausalGraph | None) -> str:
     """<out>.md: the floors (met by the mean, and by how many trainings), the scorecard's
-    headline rows (with a graph), then every number: mean ± standard deviation between the trainings and
-    each training's own value."""
+    headline rows (given a graph), then every number: mean ± standard deviation between the
+    trainings and each training's own value."""
     from stages.report import glance_rows
 
     res, values = combined.results, combined.values
