@@ -566,19 +566,25 @@ def resolve(raw: Mapping[str, Any], profile: str | None = None) -> Params:
     if any(s <= 0 for s in ep.sweep_steps):
         raise ConfigError(f"evaluate.sweep_steps: {list(ep.sweep_steps)}: every step count must "
                           "be > 0", hint="e.g. [10, 20, 50, 100]")
-    for key, text in ep.floors.items():
-        if "." not in key:
-            raise ConfigError(f"evaluate.floors.{key}: name a number of metrics.json as "
-                              "ROW.METRIC", hint="e.g. do_thickness.thickness_mae: '<= 0.2'")
-        try:
-            Floor.parse(text)
-        except ValueError as err:
-            raise ConfigError(f"evaluate.floors.{key}: {text!r} is not a floor ({err})",
-                              hint="write '<= 0.2' or '>= 0.98'") from None
+    check_floor_table(ep.floors, "evaluate.floors")
     if any(not g >= 0 for g in ep.sweep_guidance):
         raise ConfigError(f"evaluate.sweep_guidance: {list(ep.sweep_guidance)}: every guidance "
                           "scale must be >= 0", hint="e.g. [0, 1, 2]")
     return params
+
+
+def check_floor_table(floors: Mapping[str, Any], where: str) -> None:
+    """ConfigError naming ``where``.KEY for a floor that does not name a metrics.json number as
+    ROW.METRIC or is not '<= X' / '>= X' (``evaluate.floors``, or one a scorecard recorded)."""
+    for key, text in floors.items():
+        if "." not in str(key):
+            raise ConfigError(f"{where}.{key}: name a number of metrics.json as ROW.METRIC",
+                              hint="e.g. do_thickness.thickness_mae: '<= 0.2'")
+        try:
+            Floor.parse(text)
+        except ValueError as err:
+            raise ConfigError(f"{where}.{key}: {text!r} is not a floor ({err})",
+                              hint="write '<= 0.2' or '>= 0.98'") from None
 
 
 def load(path: str | Path = "params.yaml", profile: str | None = None) -> Params:

@@ -87,12 +87,10 @@ def recorded_settings(paths: Sequence[Path], runs: Sequence[Mapping[str, Any]]
     recorded = floors[0] or {}
     if not isinstance(recorded, Mapping):
         raise DataError(f"{paths[0]}: setup.floors is not a mapping", hint=hint)
-    for key, text in recorded.items():
-        try:
-            cfg.Floor.parse(text)
-        except (ValueError, TypeError) as err:
-            raise DataError(f"{paths[0]}: setup.floors.{key}: {text!r} is not a floor ({err})",
-                            hint=hint) from None
+    try:
+        cfg.check_floor_table(recorded, f"{paths[0]}: setup.floors")
+    except ConfigError as err:
+        raise DataError(err.message, hint=hint) from None
     raw = runs[0]["setup"].get("graph")
     try:
         graph = CausalGraph.from_dict(raw, key=f"{paths[0]}: setup.graph") if raw else None
